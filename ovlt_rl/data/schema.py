@@ -14,9 +14,10 @@ is a Parquet file whose rows look like this::
       "response": "<think>...</think> ... <answer>3</answer>",  # SFT rows only
     }
 
-verl's RL parquet files load unchanged (they carry the same columns); files written here load in
-verl. `extra_info` is stored as a JSON string column so that rows with different keys share one
-Arrow type; `read_rows` turns it back into a dict (it also accepts verl's struct column).
+verl's RL parquet files load unchanged (they carry the same columns). One difference on write:
+`extra_info` is stored as a JSON string column, so that rows with different keys (and different
+value types) share one Arrow type and an empty dict is writable; `read_rows` turns it back into a
+dict and also accepts verl's struct column. Tools that need verl's struct can `json.loads` it.
 """
 
 from __future__ import annotations
