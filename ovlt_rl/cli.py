@@ -1,0 +1,141 @@
+"""`ovlt`: the command line.
+
+    ovlt prepare tiny-model [out=DIR] [seed=0] [force=true]   build the offline tiny Qwen2.5-VL model
+    ovlt prepare synthetic recipe=tiny [prepare.output_dir=D] write the synthetic task's train/val/test
+    ovlt prepare recipe=tiny [prepare.output_dir=D]           data preparation: distill -> filter -> mix
+    ovlt sft recipe=tiny [key=value ...]                       supervised fine-tuning on the policy workers
+    ovlt grpo recipe=tiny [key=value ...]                      GRPO: rollouts, rewards, policy updates
+    ovlt cycle recipe=tiny [key=value ...]                     SFT -> GRPO -> self-improvement, K iterations
+    ovlt eval [recipe=...] benchmark=NAME data=PATH [model=DIR | responses=FILE.jsonl]
+    ovlt reward score fn=SPEC data=FILE.jsonl                  try a reward function on a JSONL file
+    ovlt config COMMAND recipe=... [key=value ...]             print the resolved config and exit
+
+Every command takes `recipe=NAME` (recipes/NAME.yaml or recipes/NAME/COMMAND.yaml) and
+`section.key=value` overrides of the typed tree in ovlt_rl/config.py. Shorthands: `model=X`
+means `model.path=X`; for eval, `benchmark=`, `data=` and `responses=` set eval.benchmarks,
+eval.data and eval.responses.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ovlt_rl.config import ConfigError, load_config, to_yaml
+
+# Shorthand keys, per command, and the tree fields they stand for.
+_ALIASES = {
+    "*": {"model": "model.path"},
+    "eval": {"benchmark": "eval.benchmarks", "data": "eval.data", "responses": "eval.responses"},
+}
+
+
+def _expand_aliases(command: str, args: list[str]) -> list[str]:
+    table = {**_ALIASES["*"], **_ALIASES.get(command, {})}
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key in table:
+            if table[key] == "eval.benchmarks" and not value.startswith("["):
+                value = f"[{value}]"
+            a = f"{table[key]}={value}"
+        out.append(a)
+    return out
+
+
+def _kv(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
+    """Parse key=value arguments of the small non-tree commands; unknown keys are errors."""
+    out = {}
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or key not in allowed:
+            raise ConfigError(f"argument {a!r}: expected one of {', '.join(f'{k}=' for k in allowed)}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        return _dispatch(command, rest)
+    except ConfigError as e:
+        print(f"ovlt {command}: config error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
+    if command == "prepare":
+        return _prepare(rest)
+    if command == "reward":
+        from reward.cli import main as reward_main
+
+        return reward_main(rest)
+    if command == "config":
+        if not rest:
+            raise ConfigError("usage: ovlt config COMMAND recipe=... [key=value ...]")
+        cfg = load_config(rest[0], _expand_aliases(rest[0], rest[1:]))
+        print(to_yaml(cfg))
+        return 0
+    if command in ("sft", "grpo", "cycle", "eval"):
+        cfg = load_config(command, _expand_aliases(command, rest))
+        if command == "sft":
+            from ovlt_rl.controller import run_sft
+
+            run_sft(cfg)
+        elif command == "grpo":
+            from ovlt_rl.controller import run_grpo
+
+            run_grpo(cfg)
+        elif command == "cycle":
+            from ovlt_rl.cycle import run_cycle
+
+            run_cycle(cfg)
+        else:
+            from ovlt_rl.eval.run import run_eval
+
+            run_eval(cfg)
+        return 0
+    raise ConfigError(f"unknown command {command!r}; run `ovlt --help`")
+
+
+def _prepare(rest: list[str]) -> int:
+    what = rest[0] if rest and "=" not in rest[0] else None
+    args = rest[1:] if what else rest
+    if what == "tiny-model":
+        from ovlt_rl.models.cli import prepare_tiny_model
+
+        opts = _kv(args, {"out": "folder (default: the cache)", "seed": "int", "force": "bool"})
+        path = prepare_tiny_model(
+            opts.get("out"), seed=int(opts.get("seed", 0)), force=opts.get("force", "false").lower() == "true"
+        )
+        print(f"tiny model: {path}")
+        return 0
+    if what == "synthetic":
+        from data_prep.synthetic import write_synthetic
+
+        cfg = load_config("prepare", _expand_aliases("prepare", args)).prepare
+        paths = write_synthetic(
+            cfg.output_dir,
+            n_train=cfg.synthetic_train,
+            n_val=cfg.synthetic_val,
+            n_test=cfg.synthetic_test,
+            seed=cfg.seed,
+            image_size=cfg.image_size,
+            families=list(cfg.families) or None,
+        )
+        for split, p in paths.items():
+            print(f"{split}: {p}")
+        return 0
+    if what is None:
+        from data_prep.pipeline import run_prepare
+
+        run_prepare(load_config("prepare", _expand_aliases("prepare", args)))
+        return 0
+    raise ConfigError(f"ovlt prepare {what}: unknown; expected tiny-model, synthetic, or recipe=... for the data pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The one typed config tree.
+
+Every `ovlt` command reads the same tree: these dataclasses are the defaults, a recipe YAML
+(`recipes/...`) overrides some fields, and `key=value` arguments on the command line override
+those. Unknown keys are errors (OmegaConf struct mode), and `validate()` checks cross-field rules
+at start-up with messages that name the field.
+
+    ovlt grpo recipe=tiny actor.lr=2e-5 trainer.output_dir=outputs/x
+
+Sizes: a GRPO step takes `data.rollout_batch_size` prompts, generates `rollout.n` responses each
+(the group), and updates the policy in mini-batches of `actor.global_batch_size` prompts'
+worth of samples, each split into micro-batches of `actor.micro_batch_size` samples per rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING  # noqa: F401  (re-exported for recipes that need it)
+
+# Sections owned by their packages, composed into the one tree here.
+from data_prep.config import PrepareConfig
+from ovlt_rl.eval.config import EvalConfig
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    """HF-format Qwen2.5-VL folder. "tiny" means the offline tiny model in the cache folder
+    (built on first use by `ovlt prepare tiny-model`)."""
+    dtype: str = "auto"
+    """Parameter dtype for compute: "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"."""
+    attn_implementation: str = "sdpa"
+    """transformers attention backend: "sdpa", "eager" or "flash_attention_2" (GPU, flash-attn installed)."""
+    freeze_vision_tower: bool = False
+    """Keep the vision encoder (and merger) fixed during training."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    tiny_seed: int = 0
+    """Seed of the tiny model when `path` is "tiny"."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """Parquet files of training rows (RL prompts for grpo, prompt+response for sft)."""
+    val_files: list[str] = field(default_factory=list)
+    """Parquet files of held-out prompts for validation accuracy."""
+    synthetic_dir: str = ""
+    """If set and a file above is missing, generate the synthetic task there first (tiny recipes)."""
+    prompt_suffix: str = ""
+    """Text appended to the last user turn (the paper's "You FIRST think ..." instruction)."""
+    min_pixels: int = 3136
+    """Images smaller than this (in pixels) are upscaled."""
+    max_pixels: int = 262144
+    """Images larger than this are downscaled (the paper: 262144 = 512x512)."""
+    max_prompt_length: int = 2048
+    """Prompt tokens, image tokens included. Longer prompts are skipped and counted."""
+    max_response_length: int = 512
+    """Response tokens: generation limit for grpo, response limit for sft (longer samples are skipped and counted)."""
+    rollout_batch_size: int = 8
+    """Prompts per GRPO step (sft: samples per optimizer step is actor.global_batch_size)."""
+    val_batch_size: int = 64
+    """Prompts per validation generation batch."""
+    max_val_samples: int = 0
+    """Use at most this many validation prompts (0: all)."""
+    shuffle: bool = True
+    """Shuffle training rows each epoch (seeded by trainer.seed + epoch)."""
+    max_bad_fraction: float = 0.1
+    """Stop with an error if more than this fraction of rows is unusable (corrupt image, no answer, too long)."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """"hf" (transformers generate; CPU and GPU) or "vllm" (GPU clusters)."""
+    num_workers: int = 1
+    """Rollout worker actors."""
+    gpus_per_worker: float = 0.0
+    """GPUs per rollout worker (0 on CPU)."""
+    n: int = 5
+    """Responses per prompt (the GRPO group size)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 disables top-k."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings (the model's EOS always stops)."""
+    val_temperature: float = 0.5
+    val_top_p: float = 1.0
+    val_n: int = 1
+    micro_batch_size: int = 64
+    """Sequences generated at once per worker by the hf engine."""
+    tensor_parallel_size: int = 1
+    """vLLM tensor parallel size."""
+    gpu_memory_utilization: float = 0.6
+    """vLLM share of GPU memory."""
+    enable_prefix_caching: bool = True
+    limit_images_per_prompt: int = 1
+    """vLLM limit_mm_per_prompt for images."""
+    seed: int = 0
+    check_logprob_sync: bool = True
+    """After each weight sync, compare rollout and policy log-probs of the same tokens (metric sync/logprob_mae)."""
+
+
+@dataclass
+class ActorConfig:
+    num_workers: int = 1
+    """Policy ranks (one torch.distributed group under FSDP2)."""
+    gpus_per_worker: float = 0.0
+    """1 on GPU clusters, 0 on CPU."""
+    global_batch_size: int = 8
+    """Samples per optimizer step across all ranks (grpo: prompts x n per mini-batch)."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward per rank."""
+    ppo_epochs: int = 1
+    lr: float = 1e-6
+    weight_decay: float = 1e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" (after warmup)."""
+    warmup_ratio: float = 0.0
+    """Fraction of total steps spent warming up linearly."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    grad_clip: float = 1.0
+    clip_ratio_low: float = 0.2
+    clip_ratio_high: float = 0.3
+    clip_ratio_dual: float = 3.0
+    """Dual-clip bound for negative advantages (0 disables)."""
+    loss_agg_mode: str = "token-mean"
+    """"token-mean", "seq-mean-token-sum" or "seq-mean-token-mean"."""
+    use_kl_loss: bool = True
+    kl_coef: float = 1e-2
+    kl_type: str = "low_var_kl"
+    """"k1", "k2"/"mse", "k3"/"low_var_kl"."""
+    entropy_coef: float = 0.0
+    max_nonfinite_in_a_row: int = 3
+    """Stop after this many consecutive updates with a non-finite loss or grad norm (each is skipped)."""
+
+
+@dataclass
+class ReferenceConfig:
+    enabled: bool = True
+    """Compute reference log-probs (needed by the KL loss). Held as a frozen copy on the policy workers."""
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    norm_adv_by_std: bool = True
+    """False gives Dr.GRPO (no division by the group std)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and generate more to refill the batch."""
+    max_sampling_rounds: int = 3
+    """Generation rounds per step when dynamic_sampling refills."""
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "openvlthinker"
+    """A built-in name, `path/to/file.py:function` or `package.module:function`."""
+    timeout: float = 10.0
+    """Seconds per sample before it counts as unscorable."""
+    num_workers: int = 2
+    """Reward worker processes."""
+    max_unscorable_fraction: float = 0.5
+    """Stop the run if more of a batch than this can't be scored."""
+
+
+@dataclass
+class TrainerConfig:
+    output_dir: str = "outputs/run"
+    total_steps: int = 0
+    """Optimizer steps (sft) or GRPO steps; 0 = derived from total_epochs."""
+    total_epochs: int = 1
+    val_every: int = 10
+    """Validate every this many steps (and at step 0 and the end); 0 disables."""
+    val_before_train: bool = True
+    save_every: int = 10
+    """Checkpoint every this many steps (and at the end); 0 = only at the end."""
+    keep_checkpoints: int = 2
+    seed: int = 1
+    device: str = "auto"
+    """"auto", "cpu" or "cuda"."""
+    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
+    """Any of console, jsonl, tensorboard, wandb."""
+    project: str = "ovlt"
+    experiment: str = ""
+    num_val_generations_logged: int = 8
+    ray_address: str = ""
+    """"" starts a local Ray on 127.0.0.1; "auto" joins the cluster of `ray job submit`."""
+    ray_num_cpus: int = 0
+    """CPUs for a local Ray (0: all)."""
+    save_hf: bool = True
+    """Write the final model in HF format to output_dir/hf."""
+
+
+@dataclass
+class Config:
+    """The root of the tree; each command reads the sections it needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that can't work; the message names the field."""
+
+
+def _check(cond: bool, fieldname: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{fieldname}: {msg}")
+
+
+def validate(cfg: Config, command: str) -> None:
+    """Cross-field checks, run at start-up by every command before any work starts."""
+    a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
+    _check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
+    _check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
+    per_rank, rem = divmod(a.global_batch_size, a.num_workers)
+    _check(
+        rem == 0,
+        "actor.global_batch_size",
+        f"{a.global_batch_size} does not divide over actor.num_workers={a.num_workers} ranks",
+    )
+    _check(
+        a.micro_batch_size <= per_rank,
+        "actor.micro_batch_size",
+        f"{a.micro_batch_size} is larger than the per-rank batch "
+        f"(actor.global_batch_size {a.global_batch_size} / {a.num_workers} ranks = {per_rank})",
+    )
+    _check(
+        per_rank % a.micro_batch_size == 0,
+        "actor.micro_batch_size",
+        f"{a.micro_batch_size} does not divide the per-rank batch {per_rank}",
+    )
+    _check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
+    _check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
+    _check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
+    _check(
+        a.loss_agg_mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
+        "actor.loss_agg_mode",
+        f"unknown {a.loss_agg_mode!r}",
+    )
+    _check(a.kl_type in ("k1", "k2", "mse", "k3", "low_var_kl"), "actor.kl_type", f"unknown {a.kl_type!r}")
+    _check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
+    _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
+    _check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
+    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
+    _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
+    _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
+    for name in t.loggers:
+        _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
+    if command in ("grpo", "sft"):
+        _check(bool(d.train_files), "data.train_files", "no training files given")
+    if command == "grpo":
+        _check(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown {r.engine!r}")
+        _check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
+        _check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
+        samples = d.rollout_batch_size * r.n
+        _check(
+            a.global_batch_size <= samples,
+            "actor.global_batch_size",
+            f"{a.global_batch_size} is larger than a step's samples "
+            f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
+        )
+        _check(
+            samples % a.global_batch_size == 0,
+            "actor.global_batch_size",
+            f"{a.global_batch_size} does not divide a step's samples "
+            f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
+        )
+        _check(
+            a.global_batch_size % r.n == 0,
+            "actor.global_batch_size",
+            f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
+        )
+        _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
+        _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        if a.use_kl_loss:
+            _check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: defaults <- recipe YAML <- command-line overrides.
+
+RECIPES_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes"
+
+
+def register_with_hydra() -> None:
+    """Register the tree as Hydra structured configs (`ovlt` and one node per section), so that
+    Hydra apps and `hydra.compose` can use `ovlt` as a schema."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="ovlt", node=Config)
+    for name, typ in Config.__annotations__.items():
+        cs.store(group=name, name="default", node=globals()[typ] if isinstance(typ, str) else typ)
+
+
+def resolve_recipe(name: str, command: str) -> "Path":
+    """Find the YAML of `recipe=NAME` for `command`.
+
+    Tried in order: NAME as a path to a .yaml file; recipes/NAME.yaml; recipes/NAME/COMMAND.yaml.
+    So `ovlt grpo recipe=tiny` reads recipes/tiny/grpo.yaml and `recipe=openvlthinker/iter1_grpo`
+    reads recipes/openvlthinker/iter1_grpo.yaml.
+    """
+    from pathlib import Path
+
+    candidates = []
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        candidates.append(p)
+        candidates.append(RECIPES_DIR.parent / p)
+    candidates += [RECIPES_DIR / f"{name}.yaml", RECIPES_DIR / name / f"{command}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"recipe={name}: no recipe file for command {command!r} (tried {tried})")
+
+
+def load_config(command: str, args: list[str]) -> Config:
+    """Build the config of one command from `recipe=NAME` and `key=value` arguments.
+
+    Raises ConfigError naming the bad key or value. The result is a typed `Config` object
+    (OmegaConf-backed, read-only to code that would add keys).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    recipe = None
+    overrides = []
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"argument {a!r}: expected key=value (for example trainer.output_dir=outputs/x)")
+        key, value = a.split("=", 1)
+        if key == "recipe":
+            recipe = value
+        else:
+            overrides.append(a)
+    cfg = OmegaConf.structured(Config)
+    OmegaConf.set_struct(cfg, True)
+    try:
+        if recipe:
+            path = resolve_recipe(recipe, command)
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        where = f" in recipe {recipe}" if recipe else ""
+        msg = str(e).split("\n")[0]
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"{key or 'config'}{where}: {msg}") from None
+    obj = OmegaConf.to_object(cfg)
+    validate(obj, command)
+    return obj
+
+
+def to_yaml(cfg: Config) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
