@@ -143,8 +143,8 @@ def dynamic_sampling_keep(rewards: torch.Tensor, group_ids: GroupIds) -> torch.T
     DAPO-style dynamic sampling drops every group whose scorable rewards are all equal: all its
     advantages are 0, so it only dilutes the batch. Groups with fewer than two scorable members
     are dropped for the same reason. The mask is constant within a group, so indexing a batch
-    with it removes whole groups. A sample is kept exactly when ``grpo_advantages`` can be
-    nonzero for its group.
+    with it removes whole groups; the unscorable members of a kept group stay in it (their
+    advantage is 0). A group is kept exactly when ``grpo_advantages`` gives it nonzero values.
     """
     _check_rewards(rewards)
     index, num_groups = _group_index(group_ids, rewards.numel(), rewards.device)
