@@ -1,0 +1,463 @@
+"""The driver: the GRPO loop and the SFT loop, written to read like the algorithm.
+
+    ovlt grpo recipe=tiny     ->  run_grpo(cfg)
+    ovlt sft recipe=tiny      ->  run_sft(cfg)
+
+One GRPO step:
+  1. take `data.rollout_batch_size` prompts (with images)
+  2. rollout workers generate `rollout.n` responses per prompt (a group)
+  3. the reward scores every response (worker processes, with a timeout)
+  4. group-relative advantages on the driver
+  5. policy workers compute old log-probs; the reference copy computes reference log-probs
+  6. the policy updates over mini-batches (each split into micro-batches per rank)
+  7. new weights go to the rollout workers (and are checked against the policy's log-probs)
+  8. metrics, validation, checkpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ovlt_rl.config import Config, to_yaml
+from ovlt_rl.engines.base import Generation, SamplingParams
+
+log = logging.getLogger("ovlt")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared set-up
+
+
+class Run:
+    """What both loops need: output folder, model path, processor, Ray, workers, checkpoints."""
+
+    def __init__(self, cfg: Config, kind: str):
+        from ovlt_rl.checkpoint import CheckpointManager
+        from ovlt_rl.models.loading import load_processor, resolve_model_path
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.cfg, self.kind = cfg, kind
+        self.out = Path(cfg.trainer.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(to_yaml(cfg))
+        self.model_path = resolve_model_path(cfg.model.path)
+        ensure_data(cfg)
+        self.processor = load_processor(self.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+        self.resume_from = self.ckpt.latest()  # raises if checkpoints exist but none is valid
+
+    def start_workers(self, total_opt_steps: int, with_rollout: bool) -> None:
+        from ovlt_rl.workers.group import PolicyGroup, RolloutGroup, init_ray
+
+        cfg = self.cfg
+        init_ray(cfg, cfg.actor.num_workers + (cfg.rollout.num_workers if with_rollout else 0) + 1)
+        self.policy = PolicyGroup(cfg, self.model_path)
+        info = self.policy.call("setup", total_opt_steps)[0]
+        log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
+                 info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
+        self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
+
+    def sync_weights(self) -> float:
+        """Policy rank 0 gathers the full state dict; rollout workers load it from the object store."""
+        t0 = time.perf_counter()
+        refs = [w.full_state_dict.remote() for w in self.policy.workers]  # a collective: every rank
+        self.rollout.load_weights(refs[0])
+        import ray
+
+        ray.get(refs[1:])
+        return time.perf_counter() - t0
+
+    def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:
+        return self.ckpt.save(step, lambda d: self.policy.call("save_checkpoint", d), driver_state)
+
+    def shutdown(self) -> None:
+        if getattr(self, "rollout", None) is not None:
+            self.rollout.shutdown()
+        if getattr(self, "policy", None) is not None:
+            self.policy.shutdown()
+
+
+def ensure_data(cfg: Config) -> None:
+    """Tiny recipes name `data.synthetic_dir`: if their files are missing, make them first with the
+    data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into that folder."""
+    files = list(cfg.data.train_files) + list(cfg.data.val_files)
+    missing = [f for f in files if not Path(f).is_file()]
+    if not missing:
+        return
+    if not cfg.data.synthetic_dir:
+        raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
+    from dataclasses import replace
+
+    from data_prep.pipeline import run_prepare
+
+    log.info("data files missing (%s): preparing the embedded default data in %s", ", ".join(missing), cfg.data.synthetic_dir)
+    run_prepare(replace(cfg, prepare=replace(cfg.prepare, output_dir=cfg.data.synthetic_dir)))
+    still = [f for f in files if not Path(f).is_file()]
+    if still:
+        raise FileNotFoundError(f"data preparation in {cfg.data.synthetic_dir} did not produce {', '.join(still)}")
+
+
+def split_for_ranks(samples: list[Any], world: int) -> list[list[Any]]:
+    """Deal samples to ranks round-robin (equal counts when world divides len(samples))."""
+    return [samples[r::world] for r in range(world)]
+
+
+def sampling_params(cfg: Config, *, validation: bool, seed: int | None) -> SamplingParams:
+    r = cfg.rollout
+    return SamplingParams(
+        n=r.val_n if validation else r.n,
+        temperature=r.val_temperature if validation else r.temperature,
+        top_p=r.val_top_p if validation else r.top_p,
+        top_k=r.top_k,
+        max_new_tokens=cfg.data.max_response_length,
+        stop=list(r.stop),
+        seed=seed,
+        logprobs=False,
+    )
+
+
+def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
+    """Generate on held-out prompts, grade with the evaluation grader, log a few generations."""
+    import json
+
+    from reward.grading import extract_answer, grade
+
+    cfg = run.cfg
+    n = len(dataset) if not cfg.data.max_val_samples else min(len(dataset), cfg.data.max_val_samples)
+    prompts = [dataset[i] for i in range(n)]
+    t0 = time.perf_counter()
+    groups: list[list[Generation]] = []
+    for s in range(0, n, cfg.data.val_batch_size):
+        groups += run.rollout.generate(prompts[s : s + cfg.data.val_batch_size], sampling_params(cfg, validation=True, seed=cfg.trainer.seed))
+    texts = [g.text for grp in groups for g in grp]
+    gts = [p["ground_truth"] for p, grp in zip(prompts, groups) for _ in grp]
+    correct = [grade(extract_answer(t), gt) for t, gt in zip(texts, gts)]
+    scores = reward_fn.score_batch(texts, gts, [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p, grp in zip(prompts, groups) for _ in grp])
+    ok = [s for s in scores.scores if s is not None]
+    metrics = {
+        "val/accuracy": sum(correct) / max(1, len(correct)),
+        "val/reward": sum(ok) / max(1, len(ok)),
+        "val/response_length": sum(len(g.token_ids) for grp in groups for g in grp) / max(1, len(texts)),
+        "val/samples": float(len(texts)),
+        "timing/val_s": time.perf_counter() - t0,
+    }
+    k = cfg.trainer.num_val_generations_logged
+    if k:
+        path = run.out / "generations.jsonl"
+        with open(path, "a") as f:
+            for p, t, gt, c in list(zip(prompts, texts, gts, correct))[:k]:
+                f.write(json.dumps({"step": step, "prompt": p.get("prompt_text", ""), "response": t, "ground_truth": gt, "correct": c}) + "\n")
+    return metrics
+
+
+def _open_datasets(cfg: Config, processor, *, sft: bool):
+    from ovlt_rl.data.dataset import PromptDataset, SFTDataset
+
+    d = cfg.data
+    common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix, max_bad_fraction=d.max_bad_fraction)
+    if sft:
+        train = SFTDataset(list(d.train_files), processor, max_length=d.max_prompt_length + d.max_response_length, **common)
+    else:
+        train = PromptDataset(list(d.train_files), processor, max_prompt_length=d.max_prompt_length, **common)
+    val = PromptDataset(list(d.val_files), processor, max_prompt_length=d.max_prompt_length, **common) if d.val_files else None
+    for name, ds in (("train", train), ("val", val)):
+        if ds is not None and sum(ds.skipped.values()):
+            log.warning("%s data: skipped %s", name, dict(ds.skipped))
+    return train, val
+
+
+def _total_steps(cfg: Config, n_rows: int, per_step: int) -> int:
+    if cfg.trainer.total_steps:
+        return cfg.trainer.total_steps
+    steps = (n_rows // per_step) * cfg.trainer.total_epochs
+    if steps < 1:
+        raise ValueError(f"data.train_files: {n_rows} usable rows make no full batch of {per_step}")
+    return steps
+
+
+def _is_step(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO
+
+
+def run_grpo(cfg: Config) -> Path:
+    import reward
+    from ovlt_rl.algos import dynamic_sampling_keep, grpo_advantages, loss_denominator, rewards_tensor
+    from ovlt_rl.data.loader import EpochIterator
+    from ovlt_rl.tracking import Tracker
+    from ovlt_rl.workers.sequences import make_sample
+
+    run = Run(cfg, "grpo")
+    train, val = _open_datasets(cfg, run.processor, sft=False)
+    a, r, d = cfg.actor, cfg.rollout, cfg.data
+    total_steps = _total_steps(cfg, len(train), d.rollout_batch_size)
+    minibatches = d.rollout_batch_size * r.n // a.global_batch_size
+    sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
+
+    reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers)
+    run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
+    start_step, nonfinite_in_a_row = 0, 0
+    if run.resume_from:
+        start_step, path = run.resume_from
+        state = run.ckpt.driver_state(path)
+        run.policy.call("load_checkpoint", str(path))
+        sampler.load_state_dict(state["sampler"])
+        nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        run.sync_weights()
+        log.info("resumed from %s (step %d)", path, start_step)
+    tracker = Tracker(list(cfg.trainer.loggers), run.out, total_steps=total_steps, start_step=start_step,
+                      project=cfg.trainer.project, experiment=cfg.trainer.experiment, config=asdict(cfg), desc="grpo")
+    try:
+        if start_step == 0 and val is not None and cfg.trainer.val_before_train:
+            m = validate(run, val, 0, reward_fn)
+            tracker.log(0, m)
+            tracker.write(f"step 0: val/accuracy {m['val/accuracy']:.3f}")
+
+        for step in range(start_step + 1, total_steps + 1):
+            t_step = time.perf_counter()
+            timing: dict[str, float] = {}
+            metrics: dict[str, Any] = {}
+
+            # 1-3. prompts -> grouped rollouts -> rewards (refilled if dynamic sampling drops groups)
+            prompts, groups, scores = [], [], []
+            parts: dict[str, list] = {}
+            none_reasons: dict[str, int] = {}
+            for round_ in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
+                batch_prompts = [train[i] for i in next(sampler)]
+                t0 = time.perf_counter()
+                batch_groups = run.rollout.generate(batch_prompts, sampling_params(cfg, validation=False, seed=cfg.trainer.seed * 100003 + step * 97 + round_))
+                timing["timing/generate_s"] = timing.get("timing/generate_s", 0.0) + time.perf_counter() - t0
+                t0 = time.perf_counter()
+                texts = [g.text for grp in batch_groups for g in grp]
+                gts = [p["ground_truth"] for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
+                extras = [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
+                bs = reward_fn.score_batch(texts, gts, extras)
+                reward.check_unscorable(bs, cfg.reward.max_unscorable_fraction, reward_fn.name)
+                timing["timing/reward_s"] = timing.get("timing/reward_s", 0.0) + time.perf_counter() - t0
+                for k, v in bs.metrics().items():
+                    metrics[k] = v
+                for k, v in bs.none_reasons.items():
+                    none_reasons[k] = none_reasons.get(k, 0) + v
+                if cfg.algorithm.dynamic_sampling:
+                    rw = rewards_tensor(bs.scores).view(len(batch_prompts), r.n)
+                    keep = dynamic_sampling_keep(rw.flatten(), torch.arange(len(batch_prompts)).repeat_interleave(r.n)).view(len(batch_prompts), r.n)[:, 0]
+                    metrics["dynamic_sampling/kept_groups"] = metrics.get("dynamic_sampling/kept_groups", 0) + int(keep.sum())
+                    for i in range(len(batch_prompts)):
+                        if keep[i] and len(prompts) < d.rollout_batch_size:
+                            prompts.append(batch_prompts[i])
+                            groups.append(batch_groups[i])
+                            scores += bs.scores[i * r.n : (i + 1) * r.n]
+                    if len(prompts) >= d.rollout_batch_size:
+                        break
+                else:
+                    prompts, groups, scores = batch_prompts, batch_groups, bs.scores
+            if cfg.algorithm.dynamic_sampling and len(prompts) < d.rollout_batch_size:
+                # Not enough groups with signal: fill with the last round's groups (advantage 0) so
+                # every step has the configured size and ranks stay balanced.
+                for i in range(len(batch_prompts)):
+                    if len(prompts) >= d.rollout_batch_size:
+                        break
+                    prompts.append(batch_prompts[i])
+                    groups.append(batch_groups[i])
+                    scores += bs.scores[i * r.n : (i + 1) * r.n]
+
+            # 4. group-relative advantages
+            rewards_t = rewards_tensor(scores)
+            group_ids = torch.arange(len(prompts)).repeat_interleave(r.n)
+            adv = grpo_advantages(rewards_t, group_ids, norm_by_std=cfg.algorithm.norm_adv_by_std)
+
+            samples = []
+            for gi, (p, grp) in enumerate(zip(prompts, groups)):
+                for j, g in enumerate(grp):
+                    s = make_sample(p, g.token_ids)
+                    s["advantages"] = s["loss_mask"] * float(adv[gi * r.n + j])
+                    samples.append(s)
+
+            # 5. old and reference log-probs (each rank computes its share)
+            world = run.policy.world_size
+            shares = split_for_ranks(samples, world)
+            t0 = time.perf_counter()
+            old = run.policy.call_split("compute_logprobs", shares, "policy", a.micro_batch_size)
+            timing["timing/old_logprob_s"] = time.perf_counter() - t0
+            for share, lps in zip(shares, old):
+                for s, lp in zip(share, lps):
+                    s["old_logprobs"] = lp
+            if a.use_kl_loss:
+                t0 = time.perf_counter()
+                ref = run.policy.call_split("compute_logprobs", shares, "ref", a.micro_batch_size)
+                timing["timing/ref_logprob_s"] = time.perf_counter() - t0
+                for share, lps in zip(shares, ref):
+                    for s, lp in zip(share, lps):
+                        s["ref_logprobs"] = lp
+
+            # 6. policy update: mini-batches of whole groups, each one optimizer step
+            t0 = time.perf_counter()
+            sums: dict[str, float] = {}
+            skipped = 0
+            for _epoch in range(a.ppo_epochs):
+                for mb in range(minibatches):
+                    mb_samples = samples[mb * a.global_batch_size : (mb + 1) * a.global_batch_size]
+                    mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in mb_samples], batch_first=True)
+                    mask[:, 0] = 0
+                    denom = loss_denominator(mask, a.loss_agg_mode)
+                    results = run.policy.call_split("update_policy", split_for_ranks(mb_samples, world), float(max(1, denom)))
+                    for res in results:
+                        for k, v in res.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                    skipped += int(results[0]["actor/skipped"])
+            timing["timing/update_s"] = time.perf_counter() - t0
+            n_updates = a.ppo_epochs * minibatches
+            tokens = sums.pop("actor/tokens")
+            metrics.update(
+                {
+                    "actor/pg_loss": sums["actor/pg_loss"] / n_updates,
+                    "actor/entropy": sums["actor/entropy_sum"] / max(1.0, tokens),
+                    "actor/grad_norm": sums["actor/grad_norm"] / (n_updates * world),
+                    "actor/lr": sums["actor/lr"] / (n_updates * world),
+                    "actor/skipped_updates": float(skipped),
+                }
+            )
+            if "actor/kl_loss" in sums:
+                metrics["actor/kl_loss"] = sums["actor/kl_loss"] / n_updates
+            for k in list(sums):
+                if k.endswith("_wsum"):
+                    metrics[k[: -len("_wsum")]] = sums[k] / max(1.0, tokens)
+            nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
+            if nonfinite_in_a_row >= a.max_nonfinite_in_a_row:
+                raise RuntimeError(
+                    f"{nonfinite_in_a_row} steps in a row had a non-finite loss or grad norm (actor.max_nonfinite_in_a_row); "
+                    f"stopping. The last committed checkpoint is intact in {run.ckpt.root}"
+                )
+
+            # 7. weight sync, then check that rollout and policy agree on the same tokens
+            timing["timing/sync_s"] = run.sync_weights()
+            if r.check_logprob_sync:
+                metrics["sync/logprob_mae"] = _logprob_agreement(run, prompts[:2], [g.token_ids for g in groups[0][:1] + groups[1 % len(groups)][:1]], a.micro_batch_size)
+
+            # 8. metrics, validation, checkpoint
+            resp_lens = [len(g.token_ids) for grp in groups for g in grp]
+            n_tok = sum(resp_lens) + sum(len(p["input_ids"]) * r.n for p in prompts)
+            step_s = time.perf_counter() - t_step
+            metrics.update(
+                {
+                    "reward/mean": float(torch.nanmean(rewards_t)),
+                    "response_length/mean": sum(resp_lens) / len(resp_lens),
+                    "response_length/clip_ratio": sum(g.finish_reason == "length" for grp in groups for g in grp) / len(resp_lens),
+                    "throughput/tokens_per_s": n_tok / step_s,
+                    "timing/step_s": step_s,
+                    **{f"reward/none_{k}": float(v) for k, v in none_reasons.items()},
+                    **timing,
+                }
+            )
+            if val is not None and _is_step(step, cfg.trainer.val_every, total_steps):
+                metrics.update(validate(run, val, step, reward_fn))
+            tracker.log(step, metrics, postfix_keys=("reward/mean", "val/accuracy", "response_length/mean", "throughput/tokens_per_s"))
+            tracker.advance()
+            if _is_step(step, cfg.trainer.save_every, total_steps):
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+
+        if cfg.trainer.save_hf:
+            run.policy.call("save_hf", str(run.out / "hf"))
+            tracker.write(f"model: {run.out / 'hf'}")
+    finally:
+        tracker.close()
+        reward_fn.close()
+        run.shutdown()
+    return run.out
+
+
+def _logprob_agreement(run: Run, prompts: list[dict], responses: list[list[int]], micro: int) -> float:
+    """Mean |rollout log-prob - policy log-prob| over the same response tokens after a sync."""
+    from ovlt_rl.workers.sequences import make_sample
+
+    rollout_lps = run.rollout.compute_logprobs(prompts, responses)
+    samples = [make_sample(p, rsp) for p, rsp in zip(prompts, responses)]
+    # Every rank must run the forward (FSDP collectives): give each rank the same samples.
+    policy_lps = run.policy.call_split("compute_logprobs", [samples] * run.policy.world_size, "policy", micro)[0]
+    diffs = []
+    for p, rl, pl in zip(prompts, rollout_lps, policy_lps):
+        pl = pl[len(p["input_ids"]) :]
+        diffs += [abs(x - float(y)) for x, y in zip(rl, pl)]
+    return sum(diffs) / max(1, len(diffs))
+
+
+# ---------------------------------------------------------------------------------------------
+# SFT
+
+
+def run_sft(cfg: Config) -> Path:
+    import reward
+    from ovlt_rl.data.loader import EpochIterator
+    from ovlt_rl.tracking import Tracker
+    from ovlt_rl.workers.sequences import sft_sample
+
+    run = Run(cfg, "sft")
+    train, val = _open_datasets(cfg, run.processor, sft=True)
+    a = cfg.actor
+    total_steps = _total_steps(cfg, len(train), a.global_batch_size)
+    sampler = EpochIterator(len(train), a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
+    # Validation accuracy needs generation: one rollout worker receives the weights at validation.
+    with_val = val is not None and (cfg.trainer.val_every > 0 or cfg.trainer.val_before_train)
+    run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
+    reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) if with_val else None
+    start_step, nonfinite_in_a_row = 0, 0
+    if run.resume_from:
+        start_step, path = run.resume_from
+        state = run.ckpt.driver_state(path)
+        run.policy.call("load_checkpoint", str(path))
+        sampler.load_state_dict(state["sampler"])
+        nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        log.info("resumed from %s (step %d)", path, start_step)
+    tracker = Tracker(list(cfg.trainer.loggers), run.out, total_steps=total_steps, start_step=start_step,
+                      project=cfg.trainer.project, experiment=cfg.trainer.experiment, config=asdict(cfg), desc="sft")
+    world = run.policy.world_size
+    try:
+        if start_step == 0 and with_val and cfg.trainer.val_before_train:
+            tracker.log(0, validate(run, val, 0, reward_fn))
+        for step in range(start_step + 1, total_steps + 1):
+            t0 = time.perf_counter()
+            samples = [sft_sample(train[i]) for i in next(sampler)]
+            mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
+            mask[:, 0] = 0
+            denom = float(max(1, int(mask.sum())))
+            results = run.policy.call_split("sft_step", split_for_ranks(samples, world), denom)
+            skipped = int(results[0]["sft/skipped"])
+            nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
+            if nonfinite_in_a_row >= a.max_nonfinite_in_a_row:
+                raise RuntimeError(f"{nonfinite_in_a_row} SFT steps in a row had a non-finite loss or grad norm; stopping "
+                                   f"(last committed checkpoint intact in {run.ckpt.root})")
+            step_s = time.perf_counter() - t0
+            metrics = {
+                "sft/loss": sum(res["sft/nll_sum"] for res in results) / denom,
+                "sft/grad_norm": results[0]["sft/grad_norm"],
+                "sft/lr": results[0]["sft/lr"],
+                "sft/skipped_updates": float(skipped),
+                "throughput/tokens_per_s": sum(int(len(s["input_ids"])) for s in samples) / step_s,
+                "timing/step_s": step_s,
+            }
+            if with_val and _is_step(step, cfg.trainer.val_every, total_steps):
+                run.sync_weights()
+                metrics.update(validate(run, val, step, reward_fn))
+            tracker.log(step, metrics, postfix_keys=("sft/loss", "val/accuracy", "throughput/tokens_per_s"))
+            tracker.advance()
+            if _is_step(step, cfg.trainer.save_every, total_steps):
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+        if cfg.trainer.save_hf:
+            run.policy.call("save_hf", str(run.out / "hf"))
+            tracker.write(f"model: {run.out / 'hf'}")
+    finally:
+        tracker.close()
+        if reward_fn is not None:
+            reward_fn.close()
+        run.shutdown()
+    return run.out

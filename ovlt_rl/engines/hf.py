@@ -1,0 +1,164 @@
+"""The transformers rollout engine: `model.generate` with images, n samples per prompt.
+
+Used where vLLM is absent (CPU, tests, machines without a vLLM build) and by data preparation
+and evaluation on small models. Prompts are `PromptDataset` items; each chunk of prompts is
+left-padded into one batch and expanded `n` times with `num_return_sequences`, so a group's
+responses share the prompt's image features computation.
+
+Log-probs: sampling log-probs would need the full-vocabulary logits of every step kept in memory
+(`output_logits`), which costs B*T*V floats. Instead `compute_logprobs` runs one teacher-forced
+forward over prompt+response when they are needed (the weight-sync check); the trainer always
+recomputes old log-probs on the policy workers anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import torch
+
+from ovlt_rl.engines.base import Generation, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def batch_prompts(prompts: list[dict[str, Any]], pad_token_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Left-pad prompt items into model inputs (input_ids, attention_mask, pixel_values, image_grid_thw)."""
+    from ovlt_rl.data.collate import collate_prompts
+
+    batch = collate_prompts(prompts, pad_token_id)
+    out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if batch.get("pixel_values") is not None:
+        out["pixel_values"] = batch["pixel_values"]
+        out["image_grid_thw"] = batch["image_grid_thw"]
+    return {k: v.to(device) for k, v in out.items()}
+
+
+class HFEngine:
+    """A Qwen2.5-VL model in eval mode, generating with transformers."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        micro_batch_size: int = 64,
+        attn_implementation: str = "sdpa",
+        model: torch.nn.Module | None = None,
+        processor: Any = None,
+    ):
+        from ovlt_rl.models.loading import load_model, load_processor
+
+        self.device = torch.device(device)
+        self.processor = processor if processor is not None else load_processor(model_path)
+        self.tokenizer = self.processor.tokenizer
+        self.model = model if model is not None else load_model(
+            model_path, dtype=dtype, device=self.device, attn_implementation=attn_implementation
+        )
+        self.model.eval()
+        self.micro_batch_size = micro_batch_size
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+
+    # -- generation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        per_chunk = max(1, self.micro_batch_size // max(1, params.n))
+        out: list[list[Generation]] = []
+        for start in range(0, len(prompts), per_chunk):
+            out.extend(self._generate_chunk(prompts[start : start + per_chunk], params))
+        return out
+
+    def _generate_chunk(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
+        inputs = batch_prompts(prompts, self.pad_id, self.device)
+        greedy = params.temperature <= 0 or params.top_k == 1
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens,
+            num_return_sequences=params.n,
+            do_sample=not greedy,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            repetition_penalty=params.repetition_penalty,
+        )
+        if not greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else 0)
+        else:
+            # Greedy decoding ignores these; pass neutral values so transformers doesn't warn.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        seqs = self.model.generate(**inputs, **kwargs)
+        responses = seqs[:, inputs["input_ids"].shape[1] :].tolist()
+        groups: list[list[Generation]] = []
+        for i in range(len(prompts)):
+            group = []
+            for j in range(params.n):
+                group.append(self._finish(responses[i * params.n + j], params))
+            groups.append(group)
+        if params.logprobs:
+            self._attach_logprobs(prompts, groups)
+        return groups
+
+    def _finish(self, ids: list[int], params: SamplingParams) -> Generation:
+        """Cut a generated row at its first EOS (kept) and drop the padding after it."""
+        cut = len(ids)
+        for k, t in enumerate(ids):
+            if t in self.eos_ids:
+                cut = k + 1
+                break
+        ids = ids[:cut]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        stopped = cut < len(ids) or (ids and ids[-1] in self.eos_ids)
+        if params.stop and not stopped:
+            stopped = any(s in text for s in params.stop)
+        reason = "stop" if stopped or len(ids) < params.max_new_tokens else "length"
+        return Generation(token_ids=ids, text=text, finish_reason=reason)
+
+    def _attach_logprobs(self, prompts: list[dict[str, Any]], groups: list[list[Generation]]) -> None:
+        flat_prompts, flat_resp = [], []
+        for p, group in zip(prompts, groups):
+            for g in group:
+                flat_prompts.append(p)
+                flat_resp.append(g.token_ids)
+        lps = self.compute_logprobs(flat_prompts, flat_resp)
+        k = 0
+        for group in groups:
+            for g in group:
+                g.logprobs = lps[k]
+                k += 1
+
+    # -- log-probs and weights -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs of each response token given its prompt (temperature 1)."""
+        from ovlt_rl.workers.sequences import build_sequences, sequence_logprobs
+
+        out: list[list[float]] = []
+        for start in range(0, len(prompts), self.micro_batch_size):
+            batch = build_sequences(prompts[start : start + self.micro_batch_size], responses[start : start + self.micro_batch_size], self.pad_id)
+            batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            lp = sequence_logprobs(self.model, batch)
+            for row, n in zip(lp, batch["response_lengths"]):
+                out.append(row[:n].float().cpu().tolist())
+        return out
+
+    @torch.no_grad()
+    def load_state_dict(self, tensors: Iterable[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> int:
+        """Copy weights in place (names of the HF model's state_dict); returns how many tensors were set."""
+        items = tensors.items() if isinstance(tensors, dict) else tensors
+        params = dict(self.model.state_dict())
+        n = 0
+        for name, t in items:
+            if name not in params:
+                raise KeyError(f"weight sync: the rollout model has no parameter {name!r}")
+            params[name].copy_(t.to(params[name].device, params[name].dtype))
+            n += 1
+        return n

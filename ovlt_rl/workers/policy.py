@@ -1,0 +1,323 @@
+"""The policy worker: one rank of the FSDP2 group that trains the model (GRPO and SFT).
+
+Each worker is a Ray actor holding a shard of the policy (and, when the KL loss is on, a shard of
+a frozen reference copy). All ranks of a group are called together by the driver with their own
+share of the batch; every call below that runs the model is a collective (FSDP all-gathers
+parameters per unit), so every rank must get the same number of micro-batches.
+
+FSDP2 layout: `fully_shard` on each decoder layer, on the vision tower as its own unit (it runs
+outside the decoder, and `generate`-style calls reach it separately), then on the root. The root
+is `_Forward`, a thin module whose forward is the whole per-token log-prob computation, so that
+FSDP's root hooks gather the embedding, final norm and LM head around it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from ovlt_rl.algos import kl_loss, loss_denominator, masked_nll, policy_loss
+from ovlt_rl.config import Config
+from ovlt_rl.workers.sequences import build_batch, token_logprobs
+
+
+class _Forward(nn.Module):
+    """Root FSDP unit: per-token log-probs (and entropy) of a batch."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any], with_entropy: bool = False):
+        return token_logprobs(self.model, batch, with_entropy=with_entropy)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> _Forward:
+    """Wrap a Qwen2.5-VL model with FSDP2 (per decoder layer, vision tower, root)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype is not None else MixedPrecisionPolicy()
+    kw = dict(mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    for layer in model.model.language_model.layers:
+        fully_shard(layer, **kw)
+    fully_shard(model.model.visual, **kw)
+    root = _Forward(model)
+    fully_shard(root, **kw)
+    return root
+
+
+def lr_lambda(step: int, *, total: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the base lr at optimizer step `step` (linear warmup, then constant or cosine)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class PolicyWorker:
+    """One FSDP2 rank. Created as a Ray actor by `ovlt_rl.workers.group.PolicyGroup`."""
+
+    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, master_addr: str, master_port: int):
+        torch.set_num_threads(int(os.environ.get("OVLT_TORCH_THREADS", "1")))
+        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.model_path = model_path
+        use_cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
+        self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, device_id=self.device if use_cuda else None
+        )
+        self.nonfinite_skips = 0
+        self.opt_steps = 0
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def setup(self, total_opt_steps: int) -> dict[str, Any]:
+        """Load the model (and reference copy), shard, and build the optimizer and lr schedule."""
+        from ovlt_rl.models.loading import load_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.trainer.seed)
+        compute_dtype = resolve_dtype(cfg.model.dtype, self.device)
+        mp = compute_dtype if compute_dtype != torch.float32 else None
+
+        model = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
+        n_params = sum(p.numel() for p in model.parameters())
+        if cfg.model.freeze_vision_tower:
+            for p in model.model.visual.parameters():
+                p.requires_grad_(False)
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        self.hf_config = model.config
+        self.policy = shard_model(model, mp_dtype=mp)
+        self.policy.train()
+
+        self.ref = None
+        if cfg.reference.enabled and cfg.actor.use_kl_loss:
+            ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
+            ref.requires_grad_(False)
+            self.ref = shard_model(ref, mp_dtype=mp)
+            self.ref.eval()
+
+        a = cfg.actor
+        trainable = [p for p in self.policy.parameters() if p.requires_grad]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(
+            trainable, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay, fused=fused
+        )
+        warmup = int(a.warmup_ratio * total_opt_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda s: lr_lambda(s, total=total_opt_steps, warmup=warmup, schedule=a.lr_schedule, min_ratio=a.min_lr_ratio),
+        )
+        return {"params": n_params, "trainable": sum(p.numel() for p in trainable), "device": str(self.device)}
+
+    # -- log-probs ---------------------------------------------------------------------------------
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    def _pad_id(self) -> int:
+        pad = getattr(self.hf_config, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(self.hf_config.get_text_config(), "pad_token_id", None)
+        return 0 if pad is None else int(pad)
+
+    @torch.no_grad()
+    def compute_logprobs(self, samples: list[dict[str, Any]], which: str, micro_batch_size: int) -> list[torch.Tensor]:
+        """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference."""
+        module = self.policy if which == "policy" else self.ref
+        if module is None:
+            raise RuntimeError(f"compute_logprobs({which!r}): no such model on this worker")
+        was_training = module.training
+        module.eval()
+        out = []
+        for s in range(0, len(samples), micro_batch_size):
+            chunk = samples[s : s + micro_batch_size]
+            batch = self._to_device(build_batch(chunk, self._pad_id()))
+            lp, _ = module(batch)
+            for i, smp in enumerate(chunk):
+                out.append(lp[i, : len(smp["input_ids"])].float().cpu())
+        module.reshard()
+        module.train(was_training)
+        return out
+
+    # -- updates ---------------------------------------------------------------------------------
+
+    def _step_optimizer(self) -> tuple[float, bool]:
+        """Clip, then step unless the grad norm is non-finite (then skip and count). Collective."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.policy.parameters() if p.requires_grad], self.cfg.actor.grad_clip
+        )
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        gn = float(grad_norm)
+        ok = math.isfinite(gn)
+        if ok:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.opt_steps += 1
+            self.nonfinite_skips = 0
+        else:
+            self.nonfinite_skips += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        return gn, ok
+
+    def update_policy(self, samples: list[dict[str, Any]], denominator: float) -> dict[str, float]:
+        """One optimizer step of the GRPO loss over this rank's share of a mini-batch.
+
+        `denominator`: the loss normaliser of the whole mini-batch across ranks (tokens for
+        token-mean), so that accumulated micro-batch gradients, averaged by FSDP over ranks,
+        equal the gradient of the mini-batch's loss.
+        """
+        a = self.cfg.actor
+        keys = ("old_logprobs", "advantages") + (("ref_logprobs",) if self.ref is not None else ())
+        scale = self.world / denominator  # FSDP averages over ranks
+        sums: dict[str, float] = {}
+        n_micro = 0
+        t0 = time.perf_counter()
+        for s in range(0, len(samples), a.micro_batch_size):
+            chunk = samples[s : s + a.micro_batch_size]
+            batch = self._to_device(build_batch(chunk, self._pad_id(), per_token_keys=keys))
+            logp, ent = self.policy(batch, with_entropy=True)
+            mask = batch["loss_mask"].bool()
+            mask[:, 0] = False
+            pg, m = policy_loss(
+                logp, batch["old_logprobs"], batch["advantages"], mask,
+                clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high,
+                dual_clip=a.clip_ratio_dual or None, agg=a.loss_agg_mode, denominator=1.0,
+            )
+            loss = pg
+            if self.ref is not None:
+                kl = kl_loss(logp, batch["ref_logprobs"], mask, a.kl_type, a.loss_agg_mode, denominator=1.0)
+                loss = loss + a.kl_coef * kl
+                _acc(sums, "actor/kl_loss", float(kl) / denominator)
+            ent_sum = (ent * mask).sum()
+            if a.entropy_coef:
+                loss = loss - a.entropy_coef * ent_sum
+            (loss * scale).backward()
+            n_micro += 1
+            tokens = float(mask.sum())
+            _acc(sums, "actor/pg_loss", float(pg) / denominator)
+            _acc(sums, "actor/entropy_sum", float(ent_sum))
+            _acc(sums, "actor/tokens", tokens)
+            for k, v in m.items():
+                _acc(sums, f"actor/{k}_wsum", float(v) * tokens)
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm, ok = self._step_optimizer()
+        sums.update({"actor/grad_norm": grad_norm, "actor/lr": lr, "actor/skipped": 0.0 if ok else 1.0,
+                     "actor/update_s": time.perf_counter() - t0})
+        return sums
+
+    def sft_step(self, samples: list[dict[str, Any]], denominator: float) -> dict[str, float]:
+        """One optimizer step of masked cross-entropy (assistant tokens only) over this rank's share."""
+        a = self.cfg.actor
+        scale = self.world / denominator
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for s in range(0, len(samples), a.micro_batch_size):
+            batch = self._to_device(build_batch(samples[s : s + a.micro_batch_size], self._pad_id()))
+            logp, _ = self.policy(batch)
+            mask = batch["loss_mask"].bool()
+            mask[:, 0] = False
+            nll = masked_nll(logp, mask, denominator=1.0)
+            (nll * scale).backward()
+            _acc(sums, "sft/nll_sum", float(nll))
+            _acc(sums, "sft/tokens", float(mask.sum()))
+        lr = self.optimizer.param_groups[0]["lr"]
+        grad_norm, ok = self._step_optimizer()
+        sums.update({"sft/grad_norm": grad_norm, "sft/lr": lr, "sft/skipped": 0.0 if ok else 1.0,
+                     "sft/update_s": time.perf_counter() - t0})
+        return sums
+
+    @torch.no_grad()
+    def eval_nll(self, samples: list[dict[str, Any]]) -> tuple[float, float]:
+        """(sum of token NLL, token count) of this rank's share, for validation loss."""
+        lps = self.compute_logprobs(samples, "policy", self.cfg.actor.micro_batch_size)
+        total, count = 0.0, 0.0
+        for lp, s in zip(lps, samples):
+            m = s["loss_mask"].bool().clone()
+            m[0] = False
+            total += float(-(lp[m]).sum())
+            count += float(m.sum())
+        return total, count
+
+    # -- weights and checkpoints -------------------------------------------------------------------
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The full (unsharded) HF state dict on CPU; a collective, only rank 0 gets tensors."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return None
+        # Names are the HF model's, under the root wrapper's `model.` prefix.
+        return {k[len("model.") :]: v for k, v in sd.items()}
+
+    def save_hf(self, out_dir: str) -> str | None:
+        """Write the model in HF format (rank 0 writes; collective)."""
+        sd = self.full_state_dict()
+        if self.rank == 0:
+            from ovlt_rl.workers.export import save_hf_model
+
+            save_hf_model(self.model_path, sd, out_dir)
+            return out_dir
+        return None
+
+    def save_checkpoint(self, path: str) -> None:
+        """Sharded model + optimizer state with torch.distributed.checkpoint into `path` (collective)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        if self.rank == 0:
+            torch.save(
+                {"scheduler_last_epoch": torch.tensor(self.scheduler.last_epoch), "opt_steps": torch.tensor(self.opt_steps)},
+                os.path.join(path, "worker_state.pt"),
+            )
+        dist.barrier()
+
+    def load_checkpoint(self, path: str) -> dict[str, int]:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        ws = torch.load(os.path.join(path, "worker_state.pt"), weights_only=True)
+        self.opt_steps = int(ws["opt_steps"])
+        # Recreate the lr schedule position: LambdaLR's lr is a pure function of last_epoch.
+        self.scheduler.last_epoch = int(ws["scheduler_last_epoch"])
+        for g, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            g["lr"] = base * lam(self.scheduler.last_epoch)
+        return {"opt_steps": self.opt_steps}
+
+    def ready(self) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _acc(d: dict[str, float], key: str, value: float) -> None:
+    d[key] = d.get(key, 0.0) + value

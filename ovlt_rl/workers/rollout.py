@@ -1,0 +1,32 @@
+"""The rollout worker: a Ray actor holding one rollout engine (hf or vllm) for generation."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ovlt_rl.config import Config
+from ovlt_rl.engines import make_engine
+from ovlt_rl.engines.base import Generation, SamplingParams
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, model_path: str):
+        torch.set_num_threads(int(os.environ.get("OVLT_TORCH_THREADS", "1")))
+        use_cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
+        self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        self.engine = make_engine(cfg, model_path, self.device)
+
+    def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
+        return self.engine.generate(prompts, params)
+
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
+        return self.engine.load_state_dict(state_dict)
+
+    def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
+        return self.engine.compute_logprobs(prompts, responses)
+
+    def ready(self) -> bool:
+        return True
