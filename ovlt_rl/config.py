@@ -110,8 +110,8 @@ class ActorConfig:
     """Policy ranks (one torch.distributed group under FSDP2)."""
     gpus_per_worker: float = 0.0
     """1 on GPU clusters, 0 on CPU."""
-    global_batch_size: int = 8
-    """Samples per optimizer step across all ranks (grpo: prompts x n per mini-batch)."""
+    global_batch_size: int = 40
+    """Samples per optimizer step across all ranks (grpo: whole groups, prompts x rollout.n)."""
     micro_batch_size: int = 4
     """Samples per forward/backward per rank."""
     ppo_epochs: int = 1
