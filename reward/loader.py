@@ -1,0 +1,130 @@
+"""``load(spec)`` -> RewardFn: a reward function running safely in a pool of worker processes."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Mapping
+
+from reward.pool import WorkerPool
+from reward.scores import BatchScores
+from reward.spec import parse_spec
+
+logger = logging.getLogger(__name__)
+
+_EXTRA_KEYS = ("data_source", "extra_info")
+_MAX_DETAILS = 5
+
+
+class RewardFn:
+    """A loaded reward function. Use :func:`load` to make one.
+
+    ``fn(response, ground_truth, **extra) -> float | None`` scores one sample;
+    ``fn.score_batch(responses, ground_truths, extras)`` scores many (see BatchScores).
+    User code runs in worker processes with a per-sample timeout; it cannot hang, crash or
+    slow down the caller beyond ``timeout`` per hung sample. Calls from several threads are
+    served one batch at a time. Close it (or use ``with``) to stop the workers.
+    """
+
+    def __init__(self, spec: str, *, timeout: float, num_workers: int):
+        self.name = spec
+        self.timeout = timeout
+        self.num_workers = num_workers
+        self._pool = WorkerPool(parse_spec(spec), num_workers=num_workers, timeout=timeout)
+        self.style = self._pool.style  # "native", "verl" or "easyr1"
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, self._pool.close)
+
+    def __repr__(self) -> str:
+        return f"RewardFn({self.name!r}, style={self.style!r}, timeout={self.timeout}, num_workers={self.num_workers})"
+
+    def __call__(self, response: str, ground_truth: str, **extra) -> float | None:
+        """Score one sample (same safety as a batch): a float, or None when unscorable."""
+        return self.score_batch([response], [ground_truth], [extra]).scores[0]
+
+    def score_batch(
+        self,
+        responses: list[str],
+        ground_truths: list[str],
+        extras: list[dict] | None = None,
+    ) -> BatchScores:
+        """Score a batch. ``extras[i]`` may hold the row's ``data_source`` and ``extra_info``."""
+        items = _validated_items(responses, ground_truths, extras)
+        if not self._finalizer.alive:
+            raise RuntimeError(f"reward function {self.name!r} is closed")
+        with self._lock:
+            results = self._pool.run(items) if items else []
+        return _collect(results, self.name)
+
+    def close(self) -> None:
+        """Stop the worker processes. Safe to call more than once."""
+        self._finalizer()
+
+    def __enter__(self) -> RewardFn:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def load(spec: str, *, timeout: float = 10.0, num_workers: int = 2) -> RewardFn:
+    """Load a reward function by spec and start its worker pool.
+
+    spec: a built-in name ("openvlthinker", "format", "multiple_choice", "numeric", "yes_no"),
+        "path/to/file.py:name" (name defaults to compute_score) or "package.module:name".
+    timeout: wall-clock seconds one sample may take; a sample over it is killed and scores None.
+    num_workers: worker processes.
+
+    Raises RewardSpecError (a ValueError naming the spec) when the file, module or function
+    does not exist, the function's signature fits no known convention, or importing it fails.
+    """
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"reward timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
+        raise ValueError(f"reward num_workers must be a positive integer, got {num_workers!r}")
+    return RewardFn(spec, timeout=float(timeout), num_workers=num_workers)
+
+
+def _validated_items(responses, ground_truths, extras) -> list[tuple]:
+    """(index, response, ground truth, data_source, extra_info) per sample; clear errors for bad input."""
+    if extras is None:
+        extras = [{}] * len(responses)
+    if not (len(responses) == len(ground_truths) == len(extras)):
+        raise ValueError(
+            f"score_batch: {len(responses)} responses, {len(ground_truths)} ground truths and {len(extras)} extras; "
+            "they must be the same length"
+        )
+    items = []
+    for i, (response, truth, extra) in enumerate(zip(responses, ground_truths, extras)):
+        if not isinstance(response, str):
+            raise TypeError(f"score_batch: response #{i} is a {type(response).__name__}, not a str")
+        if not isinstance(truth, str):
+            raise TypeError(f"score_batch: ground truth #{i} is a {type(truth).__name__}, not a str")
+        if not isinstance(extra, Mapping):
+            raise TypeError(f"score_batch: extras #{i} is a {type(extra).__name__}, not a dict")
+        unknown = set(extra) - set(_EXTRA_KEYS)
+        if unknown:
+            raise ValueError(f"score_batch: extras #{i} has unknown keys {sorted(unknown)}; allowed: {list(_EXTRA_KEYS)}")
+        items.append((i, response, truth, extra.get("data_source"), extra.get("extra_info")))
+    return items
+
+
+def _collect(results: list[tuple], name: str) -> BatchScores:
+    """Assemble worker results (score, parts, reason, detail) into a BatchScores."""
+    n = len(results)
+    batch = BatchScores(scores=[None] * n, reasons=[None] * n, parts={}, none_reasons=Counter(), details=[])
+    for i, (score, parts, reason, detail) in enumerate(results):
+        batch.scores[i] = score
+        batch.reasons[i] = reason
+        if reason is not None:
+            batch.none_reasons[reason] += 1
+            if detail and len(batch.details) < _MAX_DETAILS:
+                batch.details.append(f"#{i} {reason}: {detail}")
+        for part, value in parts.items():
+            batch.parts.setdefault(part, [None] * n)[i] = value
+    if batch.none_reasons:
+        logger.debug("reward %r: %d/%d unscorable %s", name, sum(batch.none_reasons.values()), n, dict(batch.none_reasons))
+    return batch

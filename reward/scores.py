@@ -1,0 +1,114 @@
+"""What a reward function returned, made safe: scores, named parts, and counted reasons for None."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# Why a sample has no score. The first six come from the function or its worker; "abandoned"
+# marks samples never run because the pool gave up on a batch (see reward/pool.py).
+REASONS = (
+    "returned_none",
+    "exception",
+    "timeout",
+    "non_numeric",
+    "non_finite",
+    "worker_crashed",
+    "abandoned",
+)
+
+
+class UnscorableError(RuntimeError):
+    """Too large a fraction of a batch could not be scored."""
+
+
+def _as_float(value) -> tuple[float | None, str | None, str]:
+    """(value as float, reason when not usable, detail for the log)."""
+    if isinstance(value, (str, bytes)):
+        return None, "non_numeric", f"returned {type(value).__name__} {str(value)[:60]!r}"
+    try:
+        number = float(value)  # bool, int, float, numpy and torch scalars
+    except (TypeError, ValueError) as exc:
+        return None, "non_numeric", f"returned {type(value).__name__}: {str(exc)[:100]}"
+    if not math.isfinite(number):
+        return None, "non_finite", f"returned {number}"
+    return number, None, ""
+
+
+def to_score(value) -> tuple[float | None, dict[str, float | None], str | None, str]:
+    """Turn a reward function's return value into (score, parts, reason, detail).
+
+    float-like -> the score; dict -> ``overall`` is the score, other keys are named parts
+    (a part that is not a finite number becomes None); None -> reason "returned_none".
+    """
+    parts: dict[str, float | None] = {}
+    if isinstance(value, Mapping):
+        for key, part in value.items():
+            if key != "overall":
+                parts[str(key)] = _as_float(part)[0] if part is not None else None
+        if "overall" not in value:
+            keys = ", ".join(sorted(map(str, value)))[:100]
+            return None, parts, "non_numeric", f"returned a dict without 'overall' (keys: {keys})"
+        value = value["overall"]
+    if value is None:
+        return None, parts, "returned_none", ""
+    score, reason, detail = _as_float(value)
+    return score, parts, reason, detail
+
+
+@dataclass
+class BatchScores:
+    """Scores of one batch, in input order.
+
+    scores: a float per sample, or None when it could not be scored.
+    reasons: None for scored samples, else one of REASONS.
+    parts: named parts from dict returns (e.g. "accuracy", "format"), a list per name aligned
+        with ``scores`` (None where a sample did not report that part).
+    none_reasons: how many samples are None, by reason.
+    details: the first few messages explaining None scores ("#3 exception: ZeroDivisionError: ...").
+    """
+
+    scores: list[float | None]
+    reasons: list[str | None]
+    parts: dict[str, list[float | None]] = field(default_factory=dict)
+    none_reasons: Counter = field(default_factory=Counter)
+    details: list[str] = field(default_factory=list)
+
+    @property
+    def unscorable_fraction(self) -> float:
+        return sum(self.none_reasons.values()) / len(self.scores) if self.scores else 0.0
+
+    def metrics(self, prefix: str = "reward/") -> dict[str, float]:
+        """Metrics for logging: ``mean`` (over scorable samples; absent when none is),
+        ``count``, ``unscorable_frac``, ``none/<reason>`` for each reason seen, and
+        ``part/<name>`` (the mean of each part over samples that report it)."""
+        out: dict[str, float] = {f"{prefix}count": float(len(self.scores))}
+        scored = [s for s in self.scores if s is not None]
+        if scored:
+            out[f"{prefix}mean"] = sum(scored) / len(scored)
+        out[f"{prefix}unscorable_frac"] = self.unscorable_fraction
+        for reason, count in sorted(self.none_reasons.items()):
+            out[f"{prefix}none/{reason}"] = float(count)
+        for name, values in sorted(self.parts.items()):
+            present = [v for v in values if v is not None]
+            if present:
+                out[f"{prefix}part/{name}"] = sum(present) / len(present)
+        return out
+
+
+def check_unscorable(batch: BatchScores, max_fraction: float, name: str) -> None:
+    """Raise UnscorableError, naming the reward function, when more than ``max_fraction`` of
+    the batch is None; the message gives the counts by reason and the first details."""
+    if not 0.0 <= max_fraction <= 1.0:
+        raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
+    fraction = batch.unscorable_fraction
+    if fraction > max_fraction:
+        reasons = ", ".join(f"{r}={c}" for r, c in batch.none_reasons.most_common())
+        details = "; ".join(batch.details[:3])
+        raise UnscorableError(
+            f"reward function {name!r} could not score {sum(batch.none_reasons.values())}/{len(batch.scores)} "
+            f"samples ({fraction:.1%} > limit {max_fraction:.1%}); reasons: {reasons}"
+            + (f"; first: {details}" if details else "")
+        )
