@@ -198,6 +198,22 @@ class TrainerConfig:
 
 
 @dataclass
+class CycleConfig:
+    iterations: int = 2
+    """K: iterations of SFT-i -> GRPO-i -> self-improvement data for i+1."""
+    base_model: str = "tiny"
+    """The base model every SFT-i starts from (the paper: Qwen2.5-VL-7B-Instruct)."""
+    prepare_recipe: str = "tiny/prepare"
+    """`ovlt prepare` recipe for iteration 1 (distillation) and, with prepare.mode=self_improve, later ones."""
+    sft_recipes: list[str] = field(default_factory=lambda: ["tiny/sft"])
+    """SFT recipe per iteration (the last one repeats when the list is shorter than `iterations`)."""
+    grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])
+    """GRPO recipe per iteration (the last one repeats)."""
+    stage_overrides: list[str] = field(default_factory=list)
+    """key=value overrides applied to every stage (e.g. trainer.device=cpu)."""
+
+
+@dataclass
 class Config:
     """The root of the tree; each command reads the sections it needs."""
 
@@ -211,6 +227,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cycle: CycleConfig = field(default_factory=CycleConfig)
 
 
 class ConfigError(ValueError):
@@ -261,6 +278,14 @@ def validate(cfg: Config, command: str) -> None:
     _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
     for name in t.loggers:
         _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
+    if command == "prepare":
+        from data_prep.config import validate_prepare
+
+        validate_prepare(cfg.prepare)
+    if command == "cycle":
+        c = cfg.cycle
+        _check(c.iterations >= 1, "cycle.iterations", f"must be >= 1, got {c.iterations}")
+        _check(bool(c.sft_recipes) and bool(c.grpo_recipes), "cycle.sft_recipes", "needs at least one SFT and one GRPO recipe")
     if command in ("grpo", "sft"):
         _check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":

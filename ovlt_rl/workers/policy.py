@@ -208,15 +208,15 @@ class PolicyWorker:
             if self.ref is not None:
                 kl = kl_loss(logp, batch["ref_logprobs"], mask, a.kl_type, a.loss_agg_mode, denominator=1.0)
                 loss = loss + a.kl_coef * kl
-                _acc(sums, "actor/kl_loss", float(kl) / denominator)
+                _acc(sums, "actor/kl_loss", float(kl.detach()) / denominator)
             ent_sum = (ent * mask).sum()
             if a.entropy_coef:
                 loss = loss - a.entropy_coef * ent_sum
             (loss * scale).backward()
             n_micro += 1
             tokens = float(mask.sum())
-            _acc(sums, "actor/pg_loss", float(pg) / denominator)
-            _acc(sums, "actor/entropy_sum", float(ent_sum))
+            _acc(sums, "actor/pg_loss", float(pg.detach()) / denominator)
+            _acc(sums, "actor/entropy_sum", float(ent_sum.detach()))
             _acc(sums, "actor/tokens", tokens)
             for k, v in m.items():
                 _acc(sums, f"actor/{k}_wsum", float(v) * tokens)
@@ -239,7 +239,7 @@ class PolicyWorker:
             mask[:, 0] = False
             nll = masked_nll(logp, mask, denominator=1.0)
             (nll * scale).backward()
-            _acc(sums, "sft/nll_sum", float(nll))
+            _acc(sums, "sft/nll_sum", float(nll.detach()))
             _acc(sums, "sft/tokens", float(mask.sum()))
         lr = self.optimizer.param_groups[0]["lr"]
         grad_norm, ok = self._step_optimizer()
