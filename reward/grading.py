@@ -265,9 +265,12 @@ def _looks_mathematical(normalized: str) -> bool:
     return bool(re.search(r"[0-9\\π√∞^]", normalized))
 
 
-def _is_prose(s: str) -> bool:
-    """Three or more plain words outside LaTeX commands: a sentence, not an answer. math-verify
-    would pull the last number out of it ("The answer is 12." == 12), grading text as an answer."""
+def _reads_like_text(s: str) -> bool:
+    """A sentence or a whole response rather than an answer: three or more plain words outside
+    LaTeX commands, a \\boxed{} inside, or tags. math-verify searches such text for something to
+    grade ("The answer is 12." == 12, "so \\boxed{6}" == 6), which would grade text as an answer."""
+    if "\\boxed" in s or "\\fbox" in s or "<answer>" in s or "</think>" in s:
+        return True
     s = re.sub(r"\\[a-zA-Z]+(\{[^{}]*\})?", " ", s)
     return len(re.findall(r"\b[a-zA-Z]{2,}\b", s)) >= 3
 
@@ -286,13 +289,15 @@ def _math_verify_equal(pred: str, ground_truth: str) -> bool:
 def grade(pred: str, ground_truth: str) -> bool:
     """True when the predicted answer is the ground truth.
 
-    In order: normalised exact match (case-insensitive, see :func:`normalize_answer`); when
-    both are plain numbers, numeric equality (tolerance 1e-6 relative or 5e-7 absolute, a percent may be read
-    as v or v/100) decides alone; text ground truths stop here; otherwise mathruler's
-    ``grade_answer`` and then math-verify's ``verify`` may prove equivalence (``2\\pi`` vs
-    ``6.283185``, ``\\sqrt{4}`` vs ``2``). math-verify is skipped when ``pred`` reads like a
-    sentence, so that a number inside prose is not taken for the answer: ``pred`` is an
-    extracted answer, not a whole response (call :func:`extract_answer` first).
+    In order: a normalised exact match (case-insensitive, see :func:`normalize_answer`);
+    when both are plain numbers, numeric equality decides alone (tolerance 1e-6 relative or
+    5e-7 absolute; a percent may be read as v or v/100); a text ground truth stops here;
+    otherwise mathruler's ``grade_answer``, then math-verify's ``verify``, may prove
+    equivalence (``2\\pi`` vs ``6.283185``, ``\\sqrt{4}`` vs ``2``).
+
+    ``pred`` is an extracted answer, not a whole response (call :func:`extract_answer`
+    first). math-verify is skipped when ``pred`` reads like a sentence or a response, since it
+    would search the text for a number and grade that.
     """
     if not isinstance(pred, str) or not isinstance(ground_truth, str):
         raise TypeError(f"grade() takes strings, got {type(pred).__name__} and {type(ground_truth).__name__}")
@@ -308,6 +313,6 @@ def grade(pred: str, ground_truth: str) -> bool:
         return False
     if _mathruler_grade(pred.strip(), ground_truth.strip()):
         return True
-    if _is_prose(pred):
+    if _reads_like_text(_unwrap(pred.strip())):
         return False
     return _math_verify_equal(pred.strip(), ground_truth.strip())

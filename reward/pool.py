@@ -264,22 +264,30 @@ class WorkerPool:
     def run(self, items: list[Item]) -> list[Result]:
         """Score ``items`` (each starting with its index 0..n-1 in the batch); results in index order."""
         batch = _Batch(items, len(self.workers))
-        while batch.missing:
-            if batch.broken:
-                self._abandon(batch)
-                break
-            self._dispatch(batch)
-            self._wait_for_events()
-            now = time.monotonic()
+        try:
+            while batch.missing:
+                if batch.broken:
+                    self._abandon(batch)
+                    break
+                self._dispatch(batch)
+                self._wait_for_events()
+                now = time.monotonic()
+                for w in list(self.workers):
+                    self._drain(w, batch)
+                    if w.eof or w.process.exitcode is not None:
+                        w.process.join(timeout=1)  # the pipe's EOF may come a moment before the exit code
+                        self._replace(w, batch, "worker_crashed")
+                    elif w.state == "busy" and now - w.since > self.timeout:
+                        self._replace(w, batch, "timeout")
+                    elif w.state == "starting" and now - w.since > self.start_timeout:
+                        self._replace(w, batch, "start_timeout")
+        finally:
+            # Interrupted (KeyboardInterrupt, an error here): a worker still busy with this batch
+            # would send its results into the next one, so it is replaced.
             for w in list(self.workers):
-                self._drain(w, batch)
-                if w.eof or w.process.exitcode is not None:
-                    w.process.join(timeout=1)  # the pipe's EOF may come a moment before the exit code
-                    self._replace(w, batch, "worker_crashed")
-                elif w.state == "busy" and now - w.since > self.timeout:
-                    self._replace(w, batch, "timeout")
-                elif w.state == "starting" and now - w.since > self.start_timeout:
-                    self._replace(w, batch, "start_timeout")
+                if w.state == "busy":
+                    w.kill()
+                    self.workers[self.workers.index(w)] = _Worker(self.spec)
         return batch.results
 
     def _dispatch(self, batch: _Batch) -> None:
