@@ -1,0 +1,113 @@
+"""Loading models and processors: one function each, for the tiny model and the real ones alike.
+
+How it works:
+- `resolve_model_path(path)` returns `path` unchanged, except the special value "tiny", which is the
+  tiny offline model in the cache folder (`$OVLT_CACHE`, default `~/.cache/ovlt`), built on first
+  use. The folder name carries the builder version and a fingerprint of the tokenizer corpus, so a
+  changed builder or corpus gets a fresh build instead of a stale one. A file lock keeps two
+  processes from building it at once; the build itself writes to a temporary folder and renames it.
+- `load_processor(path)` uses the stock `AutoProcessor` where torchvision works (GPU machines), and
+  `ImageOnlyQwen2_5_VLProcessor` where it does not; `min_pixels`/`max_pixels` set the image bounds.
+- `load_model(path)` is `Qwen2_5_VLForConditionalGeneration.from_pretrained` with a clear error for
+  folders that hold another architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from ovlt_rl.models.processor import ImageOnlyQwen2_5_VLProcessor, torchvision_usable
+
+TINY = "tiny"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("OVLT_CACHE") or Path.home() / ".cache" / "ovlt").expanduser()
+
+
+def tiny_model_dir(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
+    """Where the tiny model for `seed` lives in the cache (it may not be built yet)."""
+    from ovlt_rl.models.tiny import TINY_BUILDER_VERSION, corpus_fingerprint, default_corpus  # noqa: PLC0415
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    fingerprint = corpus_fingerprint(default_corpus(seed=seed))[:12]
+    return cache / f"tiny-qwen2_5_vl-v{TINY_BUILDER_VERSION}-seed{seed}-{fingerprint}"
+
+
+def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:
+    """Build the tiny model into `target` unless it is there; safe with concurrent callers."""
+    if (target / "config.json").exists():
+        return target
+    from ovlt_rl.models.tiny import build_tiny_model  # noqa: PLC0415
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        # Another process may have built it while we waited for the lock.
+        if not (target / "config.json").exists():
+            build_tiny_model(target, seed=seed, log=log)
+    return target
+
+
+def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """`path` itself, or for "tiny" the cached tiny model's folder (built if missing)."""
+    if path == TINY:
+        return str(ensure_tiny_model(tiny_model_dir(cache_dir)))
+    return path
+
+
+def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int | None = None):
+    """The processor of a Qwen2.5-VL folder (or "tiny"), right for this machine.
+
+    `min_pixels`/`max_pixels` override the image bounds saved in the folder (images are resized to
+    fit them, keeping the aspect ratio, to multiples of patch_size * merge_size).
+    """
+    path = resolve_model_path(path)
+    if torchvision_usable():
+        processor = AutoProcessor.from_pretrained(path)
+    else:
+        processor = ImageOnlyQwen2_5_VLProcessor.from_pretrained(path)
+    if min_pixels is not None or max_pixels is not None:
+        set_pixel_bounds(processor.image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return processor
+
+
+def pixel_bounds(image_processor) -> tuple[int, int]:
+    """(min_pixels, max_pixels) the image processor resizes to."""
+    size = image_processor.size
+    return int(size["shortest_edge"]), int(size["longest_edge"])
+
+
+def set_pixel_bounds(image_processor, *, min_pixels: int | None, max_pixels: int | None) -> None:
+    lo, hi = pixel_bounds(image_processor)
+    lo = lo if min_pixels is None else int(min_pixels)
+    hi = hi if max_pixels is None else int(max_pixels)
+    if not 0 < lo <= hi:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got min_pixels={lo}, max_pixels={hi}")
+    image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+    # transformers < 5 reads these attributes rather than `size`.
+    for name, value in (("min_pixels", lo), ("max_pixels", hi)):
+        if hasattr(image_processor, name):
+            setattr(image_processor, name, value)
+
+
+def load_model(
+    path: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+) -> Qwen2_5_VLForConditionalGeneration:
+    """`Qwen2_5_VLForConditionalGeneration.from_pretrained` of a HF-format folder (or "tiny")."""
+    path = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type != "qwen2_5_vl":
+        raise ValueError(f"{path} holds a {config.model_type!r} model; ovlt loads Qwen2.5-VL ('qwen2_5_vl') models")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, config=config, dtype=dtype, attn_implementation=attn_implementation
+    )
+    return model.to(device)

@@ -1,0 +1,108 @@
+"""load_processor / load_model / resolve_model_path: round trips, the stock-looking folder, the cache."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLConfig, Qwen2Config
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+
+from ovlt_rl.models.loading import ensure_tiny_model, load_model, load_processor, resolve_model_path, tiny_model_dir
+from ovlt_rl.models.processor import STOCK_PROCESSOR_CLASS, ImageOnlyQwen2_5_VLProcessor, torchvision_usable
+
+MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many red circles?"}]}]
+
+
+def _encode(processor, image):
+    text = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    return processor(text=[text], images=[image], return_tensors="pt")
+
+
+def test_processor_class_fits_the_machine(tiny_processor):
+    if torchvision_usable():
+        assert type(tiny_processor).__name__ == STOCK_PROCESSOR_CLASS
+    else:
+        assert isinstance(tiny_processor, ImageOnlyQwen2_5_VLProcessor)
+        assert PROCESSOR_MAPPING[Qwen2_5_VLConfig] is ImageOnlyQwen2_5_VLProcessor
+        with pytest.raises(ValueError, match="videos"):
+            tiny_processor(text=["x"], videos=[[Image.new("RGB", (28, 28))]])
+
+
+def test_saved_folder_names_the_stock_processor(tiny_model_dir):
+    # Stock transformers/vLLM on GPU machines must read the folder as a plain Qwen2.5-VL one.
+    for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        assert json.loads((tiny_model_dir / name).read_text())["processor_class"] == STOCK_PROCESSOR_CLASS
+    image_cfg = json.loads((tiny_model_dir / "preprocessor_config.json").read_text())
+    assert image_cfg["image_processor_type"] == "Qwen2VLImageProcessor"
+    assert image_cfg["max_pixels"] == image_cfg["size"]["longest_edge"]
+
+
+def test_processor_and_model_round_trip(tiny_model_dir, tiny_processor, tiny_model, tmp_path):
+    tiny_processor.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path)
+    processor2, model2 = load_processor(str(tmp_path)), load_model(str(tmp_path)).eval()
+    image = Image.new("RGB", (140, 112), "white")
+    a, b = _encode(tiny_processor, image), _encode(processor2, image)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["pixel_values"], b["pixel_values"])
+    assert processor2.chat_template == tiny_processor.chat_template
+    with torch.no_grad():
+        assert torch.equal(tiny_model(**a).logits, model2(**a).logits)
+
+
+def test_image_token_count_matches_the_grid(tiny_processor):
+    enc = _encode(tiny_processor, Image.new("RGB", (112, 168), "white"))
+    grid = enc["image_grid_thw"][0]
+    assert grid.tolist() == [1, 12, 8]  # height 168/14, width 112/14
+    n_pad = (enc["input_ids"] == tiny_processor.image_token_id).sum().item()
+    assert n_pad == grid.prod().item() // tiny_processor.image_processor.merge_size**2 == 24
+
+
+def test_pixel_bounds_override(tiny_model_dir):
+    image = Image.new("RGB", (448, 448), "white")
+    small = load_processor(str(tiny_model_dir), min_pixels=28 * 28, max_pixels=56 * 56)
+    assert _encode(small, image)["image_grid_thw"][0].tolist() == [1, 4, 4]
+    default = load_processor(str(tiny_model_dir))
+    assert _encode(default, image)["image_grid_thw"][0].tolist() == [1, 16, 16]  # 224x224 = default max
+    with pytest.raises(ValueError, match="min_pixels"):
+        load_processor(str(tiny_model_dir), min_pixels=10_000, max_pixels=5_000)
+
+
+def test_load_model_dtype_and_wrong_architecture(tiny_model_dir, tmp_path):
+    model = load_model(str(tiny_model_dir), dtype=torch.bfloat16)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'qwen2'"):
+        load_model(str(tmp_path))
+
+
+def test_resolve_tiny_builds_once_into_the_cache(tmp_path):
+    assert resolve_model_path("/some/model") == "/some/model"
+    target = tiny_model_dir(tmp_path)
+    messages: list[str] = []
+    # Two threads at once: the file lock lets one build while the other waits, then finds it.
+    threads = [threading.Thread(target=ensure_tiny_model, args=(target,), kwargs={"log": messages.append}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(m.startswith("saved to") for m in messages) == 1
+    path = resolve_model_path("tiny", cache_dir=tmp_path)
+    assert path == str(target) and (target / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [target.name]
+
+
+def test_prepare_tiny_model_cli(tmp_path, capsys):
+    from ovlt_rl.models.cli import prepare_tiny_model
+
+    out = prepare_tiny_model(str(tmp_path / "m"), seed=3, force=False)
+    assert json.loads((out / "ovlt_tiny.json").read_text())["seed"] == 3
+    first = (out / "model.safetensors").stat().st_mtime_ns
+    assert prepare_tiny_model(str(out), seed=3, force=False) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == first
+    prepare_tiny_model(str(out), seed=3, force=True)
+    printed = capsys.readouterr().out
+    assert "parameters" in printed and "already built" in printed and "removing" in printed
