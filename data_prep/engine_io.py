@@ -1,0 +1,75 @@
+"""Schema rows -> rollout-engine prompt items, and the engine itself, for data preparation.
+
+Engines take `PromptDataset` items (ovlt_rl/data/dataset.py). The dataset reads parquet files,
+so a batch of rows is written to a temporary parquet file and read back through it: the same
+validation, chat template, image resizing and token counting as training. Rows the dataset
+skips (bad image, prompt too long, ...) are returned as skipped, with the dataset's reasons.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ovlt_rl.data.schema import write_rows
+
+Rows = list[dict[str, Any]]
+_UID = "prep_uid"  # position of a row in its batch, carried through extra_info to map items back
+
+
+def device_of(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class PromptMaker:
+    """Turns rows into engine prompt items with the training data settings (cfg.data)."""
+
+    def __init__(self, processor, data_cfg, prompt_suffix: str | None):
+        self.processor = processor
+        self.min_pixels, self.max_pixels = data_cfg.min_pixels, data_cfg.max_pixels
+        self.max_prompt_length = data_cfg.max_prompt_length
+        self.prompt_suffix = prompt_suffix or None
+        self.skipped: Counter = Counter()
+
+    def items(self, rows: Rows) -> tuple[list[dict[str, Any]], list[int]]:
+        """(prompt items, the index in `rows` of each item); rows the dataset rejects are counted
+        in `skipped` and have no item."""
+        from ovlt_rl.data.dataset import DatasetError, PromptDataset
+
+        if not rows:
+            return [], []
+        tagged = [{**r, "extra_info": {**r["extra_info"], _UID: i}} for i, r in enumerate(rows)]
+        # the dataset validates ground truths; prompts made for captioning have none to check
+        for r in tagged:
+            r["reward_model"] = r.get("reward_model") or {"style": "rule", "ground_truth": "-"}
+        tagged = [{k: v for k, v in r.items() if k != "response"} for r in tagged]
+        with tempfile.TemporaryDirectory(prefix="ovlt-prompts-") as tmp:
+            path = write_rows(tagged, Path(tmp) / "batch.parquet")
+            try:
+                ds = PromptDataset(path, self.processor, min_pixels=self.min_pixels, max_pixels=self.max_pixels,
+                                   max_prompt_length=self.max_prompt_length, prompt_suffix=self.prompt_suffix,
+                                   max_bad_fraction=1.0)
+            except DatasetError:  # no usable row at all in this batch
+                self.skipped["unusable_prompt"] += len(rows)
+                return [], []
+            self.skipped.update(ds.skipped)
+            items = [ds[i] for i in range(len(ds))]
+        return items, [it["extra_info"][_UID] for it in items]
+
+
+def load_engine(cfg, model_path: str):
+    """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path`, and a processor with
+    the training image bounds (cfg.data.min_pixels / max_pixels) for making its prompts."""
+    from ovlt_rl.engines import make_engine
+    from ovlt_rl.models.loading import load_processor, resolve_model_path
+
+    path = resolve_model_path(model_path)
+    engine = make_engine(cfg, path, device_of(cfg.prepare.device))
+    processor = load_processor(path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+    return engine, processor
