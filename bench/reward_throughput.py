@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -74,6 +75,21 @@ def synthetic_rows(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return responses, truths
 
 
+def _workers_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) used so far by this process's live child processes (the
+    pool's workers), from /proc; None where /proc is missing. CPU time, unlike wall time,
+    does not grow when other jobs share the cores."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for child in multiprocessing.active_children():
+        try:
+            fields = open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for package in ("mathruler", "math-verify", "sympy", "latex2sympy2_extended"):
@@ -93,19 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     responses, truths = synthetic_rows(args.rows)
+    load_avg_before = os.getloadavg()[0]
     start = time.perf_counter()
     with reward.load("openvlthinker", timeout=args.timeout, num_workers=args.workers) as fn:
         load_s = time.perf_counter() - start
+        workers_cpu_before, caller_cpu_before = _workers_cpu_seconds(), time.process_time()
         start = time.perf_counter()
         batch = fn.score_batch(responses, truths)
         seconds = time.perf_counter() - start
+        workers_cpu_after, caller_cpu = _workers_cpu_seconds(), time.process_time() - caller_cpu_before
+    workers_cpu = None if workers_cpu_before is None or workers_cpu_after is None else workers_cpu_after - workers_cpu_before
     rows_per_s = args.rows / seconds
     metrics = batch.metrics()
 
-    print(f"{'rows':>8} {'seconds':>9} {'rows/s':>9} {'workers':>8} {'load s':>7} {'mean':>6} {'unscorable':>10}")
+    print(
+        f"{'rows':>8} {'seconds':>9} {'rows/s':>9} {'workers':>8} {'load s':>7} "
+        f"{'worker cpu s':>12} {'caller cpu s':>12} {'loadavg':>8} {'mean':>6} {'unscorable':>10}"
+    )
     print(
         f"{args.rows:>8} {seconds:>9.2f} {rows_per_s:>9.0f} {args.workers:>8} {load_s:>7.2f} "
-        f"{metrics.get('reward/mean', float('nan')):>6.3f} {sum(batch.none_reasons.values()):>10}"
+        f"{workers_cpu if workers_cpu is not None else float('nan'):>12.2f} {caller_cpu:>12.2f} "
+        f"{load_avg_before:>8.2f} {metrics.get('reward/mean', float('nan')):>6.3f} {sum(batch.none_reasons.values()):>10}"
     )
     record = {
         "bench": "reward_throughput",
@@ -116,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 3),
         "rows_per_s": round(rows_per_s, 1),
         "load_seconds": round(load_s, 3),
+        # CPU time of the scoring (workers, and the caller's dispatch loop): unlike "seconds",
+        # it does not depend on other jobs sharing the cores
+        "workers_cpu_seconds": None if workers_cpu is None else round(workers_cpu, 3),
+        "caller_cpu_seconds": round(caller_cpu, 3),
+        "loadavg_1min_before": round(load_avg_before, 2),
         "mean_reward": round(metrics.get("reward/mean", float("nan")), 4),
         "unscorable": dict(batch.none_reasons),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -163,6 +163,7 @@ class WorkerPool:
         self.timeout = timeout
         self.start_timeout = start_timeout
         self.style: str | None = None
+        self.closed = False
         self.workers = [_Worker(spec) for _ in range(num_workers)]
         _LIVE_POOLS.add(self)
         try:
@@ -222,6 +223,11 @@ class WorkerPool:
 
     # ------------------------------------------------------------------ losing a worker
 
+    def _swap_in_new_worker(self, old: _Worker) -> None:
+        if self.closed:  # closed from another thread (or at exit) while this batch ran
+            raise RuntimeError(f"reward {self.spec.text!r}: the worker pool was closed during a batch")
+        self.workers[self.workers.index(old)] = _Worker(self.spec)
+
     def _replace(self, w: _Worker, batch: _Batch, reason: str) -> None:
         """Kill ``w``, blame the sample it was running, requeue the rest of its chunk, start a new worker."""
         culprit = None
@@ -240,7 +246,7 @@ class WorkerPool:
         else:
             logger.warning("reward %r: worker lost (%s, exit code %s); restarting it", self.spec.text, reason, w.process.exitcode)
         batch.lost_worker()
-        self.workers[self.workers.index(w)] = _Worker(self.spec)
+        self._swap_in_new_worker(w)
 
     def _abandon(self, batch: _Batch) -> None:
         """Give up on the batch: every sample not yet scored becomes None ("abandoned")."""
@@ -248,7 +254,7 @@ class WorkerPool:
             if w.state == "busy":
                 batch.pending.appendleft(w.chunk[w.done :])
                 w.kill()
-                self.workers[self.workers.index(w)] = _Worker(self.spec)
+                self._swap_in_new_worker(w)
         count = batch.missing
         for chunk in batch.pending:
             for item in chunk:
@@ -266,6 +272,8 @@ class WorkerPool:
         batch = _Batch(items, len(self.workers))
         try:
             while batch.missing:
+                if self.closed:
+                    raise RuntimeError(f"reward {self.spec.text!r}: the worker pool was closed during a batch")
                 if batch.broken:
                     self._abandon(batch)
                     break
@@ -287,7 +295,8 @@ class WorkerPool:
             for w in list(self.workers):
                 if w.state == "busy":
                     w.kill()
-                    self.workers[self.workers.index(w)] = _Worker(self.spec)
+                    if not self.closed:
+                        self.workers[self.workers.index(w)] = _Worker(self.spec)
         return batch.results
 
     def _dispatch(self, batch: _Batch) -> None:
@@ -315,17 +324,20 @@ class WorkerPool:
     # ------------------------------------------------------------------ shutdown
 
     def close(self) -> None:
-        """Stop all workers (politely, then by force). Safe to call more than once."""
-        for w in self.workers:
+        """Stop all workers: idle ones are asked to exit, the rest (busy, starting) are killed."""
+        self.closed = True
+        workers = list(self.workers)
+        for w in workers:
             if w.state == "idle":
                 try:
                     w.conn.send(("stop",))
                 except (BrokenPipeError, OSError):
                     pass
         deadline = time.monotonic() + 1.0
-        for w in self.workers:
-            if w.state != "dead":
+        for w in workers:
+            if w.state == "idle":
                 w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if w.state != "dead":
                 w.kill()
         _LIVE_POOLS.discard(self)
 

@@ -22,27 +22,36 @@ def _rows(path: Path, rows: list, blank_line_after_first: bool = False) -> Path:
 
 
 def test_score_prints_summary_and_writes_rows(tmp_path, capsys):
+    rewards = tmp_path / "tagged.py"
+    rewards.write_text(
+        "import re\n"
+        "def score(response, ground_truth):\n"
+        "    m = re.search(r'<answer>(.*?)</answer>', response)\n"
+        "    acc = float(m is not None and m.group(1) == ground_truth)\n"
+        "    fmt = float(response.startswith('<think>'))\n"
+        "    return {'overall': acc * (0.5 + 0.5 * fmt), 'accuracy': acc, 'format': fmt}\n"
+    )
     data = _rows(
         tmp_path / "rows.jsonl",
         [
-            {"response": "<think>a</think> so <answer>3/4</answer>", "ground_truth": "0.75"},
-            {"response": "<think>a</think><answer>0.75</answer>", "ground_truth": "0.75", "data_source": "geo"},
-            {"response": "<answer>5</answer>", "ground_truth": "6", "extra_info": {"id": 3}},
+            {"response": "<think>a</think> so <answer>0.75</answer>", "ground_truth": "0.75"},
+            {"response": "<answer>0.75</answer>", "ground_truth": "0.75", "data_source": "geo"},
+            {"response": "<think>b</think><answer>5</answer>", "ground_truth": "6", "extra_info": {"id": 3}},
         ],
         blank_line_after_first=True,  # blank lines are skipped, line numbers stay true
     )
     out = tmp_path / "scores.jsonl"
-    assert main(["score", "fn=openvlthinker", f"data={data}", "timeout=20", "workers=1", f"out={out}"]) == 0
+    assert main(["score", f"fn={rewards}:score", f"data={data}", "timeout=20", "workers=1", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     assert "rows: 3" in printed
     assert "mean: 0.5000" in printed  # (1.0 + 0.5 + 0.0) / 3
     assert "unscorable: none" in printed
     assert "part accuracy: mean 0.6667 over 3 rows" in printed
-    assert "part format: mean 0.3333 over 3 rows" in printed
+    assert "part format: mean 0.6667 over 3 rows" in printed
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in written] == [1, 3, 4]
     assert [r["score"] for r in written] == [1.0, 0.5, 0.0]
-    assert written[1]["parts"] == {"accuracy": 1.0, "format": 1.0}
+    assert written[1]["parts"] == {"accuracy": 1.0, "format": 0.0}
 
 
 def test_unscorable_rows_are_counted_by_reason(tmp_path, capsys):
@@ -97,10 +106,12 @@ def test_usage_errors(tmp_path, capsys, argv, message):
 
 
 def test_runs_as_a_module(tmp_path):
-    data = _rows(tmp_path / "rows.jsonl", [{"response": "<think>x</think><answer>1</answer>", "ground_truth": "1"}])
+    rewards = tmp_path / "same.py"
+    rewards.write_text("def score(response, ground_truth):\n    return float(response == ground_truth)\n")
+    data = _rows(tmp_path / "rows.jsonl", [{"response": "1", "ground_truth": "1"}])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-m", "reward.cli", "score", "fn=format", f"data={data}", "workers=1"],
+        [sys.executable, "-m", "reward.cli", "score", f"fn={rewards}:score", f"data={data}", "workers=1"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )
     assert done.returncode == 0, done.stderr

@@ -105,15 +105,16 @@ def test_dotted_path_loading(tmp_path, monkeypatch):
     _write(
         package / "scoring.py",
         """
-        from reward.grading import extract_answer, grade
+        from .weights import WEIGHT  # a package: relative imports work
 
         def score(response, ground_truth, **extra):
-            return 1.0 if grade(extract_answer(response), ground_truth) else 0.0
+            return WEIGHT if response == ground_truth else 0.0
         """,
     )
+    (package / "weights.py").write_text("WEIGHT = 2.0\n")
     monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers inherit the caller's sys.path
     with reward.load("my_rewards.scoring:score", num_workers=1) as fn:
-        assert fn.score_batch(["<answer>1/2</answer>", "<answer>2</answer>"], ["0.5", "0.5"]).scores == [1.0, 0.0]
+        assert fn.score_batch(["x", "y"], ["x", "x"]).scores == [2.0, 0.0]
 
 
 def test_file_can_import_its_sibling_modules(tmp_path):

@@ -1,8 +1,12 @@
 """The pool never hangs, crashes or lies: timeouts, exceptions, bad returns, dying workers, threads."""
 
+import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,7 @@ import reward
 from reward import UnscorableError, check_unscorable
 
 TIMEOUT = 1.0
+ROOT = Path(__file__).resolve().parents[2]
 
 # One function that misbehaves on demand: the response says how.
 MISBEHAVING = """
@@ -115,15 +120,17 @@ def test_rest_of_a_timed_out_chunk_goes_to_a_fresh_worker(misbehaving_file):
     assert elapsed < TIMEOUT + 5.0, elapsed  # the timeout plus one worker start
 
 
-def test_a_function_that_always_hangs_is_abandoned_not_waited_for(fn):
-    start = time.monotonic()
-    batch = fn.score_batch(["hang"] * 40, ["a"] * 40)
-    elapsed = time.monotonic() - start
+def test_a_function_that_always_hangs_is_abandoned_not_waited_for(misbehaving_file):
+    timeout = 0.5
+    with reward.load(f"{misbehaving_file}:score", timeout=timeout, num_workers=2) as quick:
+        start = time.monotonic()
+        batch = quick.score_batch(["hang"] * 40, ["a"] * 40)
+        elapsed = time.monotonic() - start
+        assert quick("a", "a") == 1.0  # and the pool recovers
     assert batch.scores == [None] * 40
     assert batch.none_reasons["timeout"] >= 7  # more than 2 * workers + 2 in a row, then give up
     assert batch.none_reasons["timeout"] + batch.none_reasons["abandoned"] == 40
-    assert elapsed < 40 * TIMEOUT / 2 / 2, elapsed  # well under scoring every sample to its timeout
-    assert fn("a", "a") == 1.0  # and the pool recovers
+    assert elapsed < 40 * timeout / 2 / 2, elapsed  # well under scoring every sample to its timeout
 
 
 def test_works_from_a_non_main_thread(misbehaving_file):
@@ -217,3 +224,32 @@ def test_closed_function_refuses_work(misbehaving_file):
     assert all(p.exitcode is not None for p in processes)
     with pytest.raises(RuntimeError, match="closed"):
         loaded("a", "a")
+
+
+def test_interpreter_exit_does_not_wait_for_a_hung_worker(misbehaving_file, tmp_path):
+    # workers are not daemonic (user code may start processes), so multiprocessing's exit hook
+    # would join a worker stuck in user code forever; ours kills the pool first
+    script = tmp_path / "exit_while_hung.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import threading, time
+            import reward
+
+            def main():
+                fn = reward.load({str(misbehaving_file) + ':score'!r}, timeout=600, num_workers=1)
+                threading.Thread(target=fn.score_batch, args=(["hang"], ["a"]), daemon=True).start()
+                time.sleep(1.0)
+                print("leaving", flush=True)
+
+            if __name__ == "__main__":
+                main()
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "leaving" in done.stdout
+    assert time.monotonic() - start < 20
