@@ -260,9 +260,9 @@ _NUMERIC_ABS_TOL = 5e-7
 
 
 def _looks_mathematical(normalized: str) -> bool:
-    """A digit, a LaTeX command or a math symbol. Text answers ("no", "blue") are compared as
-    text only: symbolic graders read words as products of symbols ("no" == "on")."""
-    return bool(re.search(r"[0-9\\π√∞^]", normalized))
+    """A digit, a LaTeX command, an operator or a math symbol. Text answers ("no", "blue") are
+    compared as text only: symbolic graders read words as products of symbols ("no" == "on")."""
+    return bool(re.search(r"[0-9\\π√∞^*+/=<>]", normalized))
 
 
 def _reads_like_text(s: str) -> bool:

@@ -128,3 +128,19 @@ def test_grade_rejects_different_answers(pred, truth):
 def test_grade_rejects_non_strings():
     with pytest.raises(TypeError, match="strings"):
         grade(15, "15")
+
+
+def test_grade_works_outside_the_main_thread():
+    # math-verify's own timeouts use signal.alarm (main thread only); grade() turns them off
+    import threading
+
+    out = []
+    thread = threading.Thread(target=lambda: out.append((grade("2\\pi", "6.283185"), grade("x^2", "x*x"))))
+    thread.start()
+    thread.join(timeout=60)
+    assert out == [(True, True)]
+
+
+@pytest.mark.parametrize("pred, truth", [("x^2", "x*x"), ("b+a", "a+b"), ("2x", "x+x")])
+def test_grade_symbolic_ground_truths_without_digits(pred, truth):
+    assert grade(pred, truth)

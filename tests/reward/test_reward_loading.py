@@ -1,11 +1,17 @@
 """Loading reward functions: verl and EasyR1 files unchanged, native functions, dotted paths, bad specs."""
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 import reward
 from reward.spec import RewardSpecError, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path, source: str):
@@ -202,3 +208,11 @@ def test_bad_load_arguments():
         reward.load("format", timeout=0)
     with pytest.raises(ValueError, match="num_workers"):
         reward.load("format", num_workers=0)
+
+
+def test_importing_reward_is_light():
+    # the trainer imports `reward` and workers running user code unpickle from it: neither
+    # should pay for sympy and the math graders unless it grades
+    code = "import sys, reward; print('sympy' in sys.modules); from reward import grade; print('sympy' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.stdout.split() == ["False", "True"], done.stderr
