@@ -109,6 +109,7 @@ class _Rows:
         self.patch_size, self.merge_size = int(ip.patch_size), int(ip.merge_size)
         self.factor = self.patch_size * self.merge_size
         proc_min, proc_max = int(ip.size["shortest_edge"]), int(ip.size["longest_edge"])
+        self.processor_bounds = (proc_min, proc_max)
         self.min_pixels = proc_min if min_pixels is None else int(min_pixels)
         self.max_pixels = proc_max if max_pixels is None else int(max_pixels)
         if not (proc_min <= self.min_pixels <= self.max_pixels <= proc_max):
@@ -139,6 +140,8 @@ class _Rows:
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {path}")
         rows = schema.read_rows(path)
+        if not rows:
+            log.warning("%s has no rows", path)
         skipped: Counter = Counter()
         candidates: list[_Entry] = []
 
@@ -211,6 +214,11 @@ class _Rows:
                 w, h = fitted_size(
                     *check_image(image, path.parent), min_pixels=self.min_pixels, max_pixels=self.max_pixels, factor=self.factor
                 )
+                # The processor applies smart_resize once more, with its own bounds, to what it gets:
+                # a no-op, except where smart_resize is not idempotent (min_pixels == max_pixels,
+                # as in the paper's 262144/262144, can move a size back and forth).
+                lo, hi = self.processor_bounds
+                w, h = fitted_size(w, h, min_pixels=lo, max_pixels=hi, factor=self.factor)
             except ImageError as e:
                 raise _RowSkipped("bad_image", f"image {k}: {e}") from None
             # The template already holds one <|image_pad|> per image: add the expansion only.

@@ -14,6 +14,7 @@ How it works:
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -32,11 +33,18 @@ def default_cache_dir() -> Path:
 
 def tiny_model_dir(cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Path:
     """Where the tiny model for `seed` lives in the cache (it may not be built yet)."""
-    from ovlt_rl.models.tiny import TINY_BUILDER_VERSION, corpus_fingerprint, default_corpus  # noqa: PLC0415
+    from ovlt_rl.models.tiny import TINY_BUILDER_VERSION  # noqa: PLC0415
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    fingerprint = corpus_fingerprint(default_corpus(seed=seed))[:12]
-    return cache / f"tiny-qwen2_5_vl-v{TINY_BUILDER_VERSION}-seed{seed}-{fingerprint}"
+    return cache / f"tiny-qwen2_5_vl-v{TINY_BUILDER_VERSION}-seed{seed}-{_corpus_fingerprint(seed)[:12]}"
+
+
+@functools.cache
+def _corpus_fingerprint(seed: int) -> str:
+    # Generating the corpus takes ~0.3 s; once per process is enough.
+    from ovlt_rl.models.tiny import corpus_fingerprint, default_corpus  # noqa: PLC0415
+
+    return corpus_fingerprint(default_corpus(seed=seed))
 
 
 def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:

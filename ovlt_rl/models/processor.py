@@ -72,6 +72,7 @@ class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
         if push_to_hub:
             raise ValueError("ovlt saves processors locally only (push_to_hub is not supported)")
         files = super().save_pretrained(save_directory, **kwargs)
+        self.tokenizer._set_processor_class(STOCK_PROCESSOR_CLASS)  # for later tokenizer-only saves
         save_directory = Path(save_directory)
         # The base class stamps our class name into tokenizer_config.json; stock loaders on GPU
         # machines (without ovlt imported) would not find it and fall back to a bare tokenizer.

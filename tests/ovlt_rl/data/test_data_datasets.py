@@ -106,6 +106,20 @@ def test_pixel_bounds_outside_the_processor_are_refused(tiny_processor, image_ro
     assert small[0]["image_grid_thw"].tolist() == [[1, 4, 4]] and small.lengths[0] == len(small[0]["input_ids"])
 
 
+def test_equal_pixel_bounds_like_the_paper_count_tokens_right(tiny_model_dir, image_row, png_bytes, write_parquet):
+    """min_pixels == max_pixels (the paper's 262144) makes smart_resize move sizes back and forth."""
+    from ovlt_rl.models.loading import load_processor
+
+    processor = load_processor(str(tiny_model_dir), min_pixels=112 * 112, max_pixels=112 * 112)
+    row = image_row(2)
+    row["images"] = [{"bytes": png_bytes(140, 112), "path": None}]
+    ds = PromptDataset(write_parquet([row]), processor, max_prompt_length=200)
+    item = ds[0]
+    assert len(item["input_ids"]) == ds.lengths[0]
+    grid = item["image_grid_thw"][0].tolist()
+    assert (item["input_ids"] == processor.image_token_id).sum() == grid[1] * grid[2] // 4
+
+
 def test_sft_labels_cover_the_response_and_im_end_only(tiny_processor, image_row, write_parquet):
     response = "<think>I see 2 red circles.</think> <answer>2</answer>"
     path = write_parquet([image_row(2, response=response), image_row(1, response="<answer>1</answer>")])

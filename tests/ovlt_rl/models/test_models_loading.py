@@ -11,7 +11,14 @@ from PIL import Image
 from transformers import Qwen2_5_VLConfig, Qwen2Config
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
-from ovlt_rl.models.loading import ensure_tiny_model, load_model, load_processor, resolve_model_path, tiny_model_dir
+from ovlt_rl.models.loading import (
+    ensure_tiny_model,
+    load_model,
+    load_processor,
+    pixel_bounds,
+    resolve_model_path,
+    tiny_model_dir,
+)
 from ovlt_rl.models.processor import STOCK_PROCESSOR_CLASS, ImageOnlyQwen2_5_VLProcessor, torchvision_usable
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many red circles?"}]}]
@@ -51,6 +58,26 @@ def test_processor_and_model_round_trip(tiny_model_dir, tiny_processor, tiny_mod
     assert processor2.chat_template == tiny_processor.chat_template
     with torch.no_grad():
         assert torch.equal(tiny_model(**a).logits, model2(**a).logits)
+
+
+def test_loads_a_folder_in_the_released_qwen2_5_vl_layout(tiny_model_dir, tmp_path):
+    """Qwen/Qwen2.5-VL-*-Instruct ship preprocessor_config.json with min/max_pixels and chat_template.json."""
+    import shutil
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_model_dir, legacy)
+    (legacy / "processor_config.json").unlink()
+    template = (legacy / "chat_template.jinja").read_text()
+    (legacy / "chat_template.jinja").unlink()
+    (legacy / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    image_cfg = json.loads((legacy / "preprocessor_config.json").read_text())
+    del image_cfg["size"]
+    image_cfg.update(min_pixels=3136, max_pixels=12845056)
+    (legacy / "preprocessor_config.json").write_text(json.dumps(image_cfg))
+    processor = load_processor(str(legacy), max_pixels=262144)
+    assert processor.chat_template == template
+    assert pixel_bounds(processor.image_processor) == (3136, 262144)
+    assert _encode(processor, Image.new("RGB", (1024, 1024)))["image_grid_thw"][0].tolist() == [1, 36, 36]
 
 
 def test_image_token_count_matches_the_grid(tiny_processor):
