@@ -88,7 +88,7 @@ class DistillConfig:
     k: int = 4
     """Reasoning samples per question."""
     limit: int = 0
-    """Distill at most this many pool rows (0: all)."""
+    """Distill at most this many questions (0: all), shared out over mix.sft's sources like the mix."""
     temperature: float = 0.6
     """Reasoner sampling temperature (engine)."""
     top_p: float = 0.95
@@ -142,7 +142,7 @@ class SelfImproveConfig:
     max_new_tokens: int = 2048
     """Response token limit."""
     limit: int = 0
-    """Sample at most this many seed questions (0: all)."""
+    """Sample at most this many seed questions (0: all), shared out over mix.sft's sources like the mix."""
 
 
 @dataclass

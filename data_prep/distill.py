@@ -50,8 +50,9 @@ def bare_question(row: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- programmatic
 
 
-class SceneCaptioner:
-    """The synthetic task's scene description (extra_info["caption"]) stands in for a caption."""
+class StoredCaptioner:
+    """The caption already in the row: extra_info["caption"], i.e. the synthetic task's scene
+    description, or a caption written by an earlier captioning pass (captions_step in the pipeline)."""
 
     def caption(self, rows: Rows) -> list[str | None]:
         out: list[str | None] = []
@@ -60,7 +61,7 @@ class SceneCaptioner:
             if not isinstance(cap, str) or not cap.strip():
                 raise ValueError(
                     f"captioner=scene: row from {r.get('data_source')!r} has no extra_info['caption']; "
-                    "the scene captioner only works on the synthetic task (use captioner=engine for real data)"
+                    "only the synthetic task has scene descriptions (use captioner=engine for real data)"
                 )
             out.append(cap)
         return out

@@ -63,13 +63,60 @@ class PromptMaker:
         return items, [it["extra_info"][_UID] for it in items]
 
 
-def load_engine(cfg, model_path: str):
-    """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path`, and a processor with
-    the training image bounds (cfg.data.min_pixels / max_pixels) for making its prompts."""
+class TextPromptMaker:
+    """Prompt items for a text-only model (e.g. an R1-distilled reasoner): the tokenizer's chat
+    template over the user turn, no images. Same item keys as PromptDataset items."""
+
+    def __init__(self, tokenizer, max_prompt_length: int):
+        self.tokenizer = tokenizer
+        self.max_prompt_length = max_prompt_length
+        self.skipped: Counter = Counter()
+
+    def items(self, rows: Rows) -> tuple[list[dict[str, Any]], list[int]]:
+        import torch
+
+        from ovlt_rl.data.schema import question_text
+
+        items, index = [], []
+        for i, r in enumerate(rows):
+            if r.get("images"):
+                self.skipped["images_for_text_model"] += 1
+                continue
+            chat = [{"role": "user", "content": question_text(r)}]
+            text = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) > self.max_prompt_length:
+                self.skipped["prompt_too_long"] += 1
+                continue
+            input_ids = torch.tensor(ids, dtype=torch.long)
+            items.append({
+                "input_ids": input_ids, "mm_token_type_ids": torch.zeros_like(input_ids),
+                "pixel_values": None, "image_grid_thw": None, "prompt_text": text, "images": [],
+                "ground_truth": r["reward_model"]["ground_truth"] if r.get("reward_model") else None,
+                "data_source": r.get("data_source"), "extra_info": r.get("extra_info") or {}, "index": i,
+            })
+            index.append(i)
+        return items, index
+
+
+def is_vision_model(path: str) -> bool:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path).model_type == "qwen2_5_vl"
+
+
+def load_engine(cfg, model_path: str, prompt_suffix: str | None = None):
+    """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path`, and the prompt maker
+    for it: PromptMaker with the training image bounds (cfg.data) for Qwen2.5-VL folders,
+    TextPromptMaker for text-only models."""
     from ovlt_rl.engines import make_engine
     from ovlt_rl.models.loading import load_processor, resolve_model_path
 
     path = resolve_model_path(model_path)
     engine = make_engine(cfg, path, device_of(cfg.prepare.device))
-    processor = load_processor(path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-    return engine, processor
+    if is_vision_model(path):
+        processor = load_processor(path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+        return engine, PromptMaker(processor, cfg.data, prompt_suffix)
+    from transformers import AutoTokenizer
+
+    return engine, TextPromptMaker(AutoTokenizer.from_pretrained(path), cfg.data.max_prompt_length)

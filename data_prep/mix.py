@@ -59,7 +59,7 @@ def plan_counts(entries: Sequence[Any], total: int) -> dict[str, int]:
     return dict(zip(names, counts))
 
 
-def mix(rows: Rows, entries: Sequence[Any], total: int, seed: int) -> tuple[Rows, dict]:
+def mix(rows: Rows, entries: Sequence[Any], total: int, seed: int | str) -> tuple[Rows, dict]:
     """Draw each source's rows for one stage. No entries: every row, in order.
 
     A source with fewer rows than wanted gives all it has; the shortfall is counted and logged

@@ -149,12 +149,24 @@ def load_pool(p: PrepareConfig, out_dir: Path, manifest: Manifest) -> tuple[Rows
     return pool, val, test
 
 
-def _sample(rows: Rows, limit: int, seed: int, tag: str) -> Rows:
-    """At most `limit` rows, drawn deterministically (order kept); all when limit is 0."""
+def _seed_rows(pool: Rows, entries, total: int, limit: int, seed: int, tag: str) -> Rows:
+    """The questions to generate for: rows of the mix's sources, at most `limit` of them.
+
+    The limit is shared out like the mix itself (in proportion to each source's wanted rows),
+    so that a small source is not crowded out by a large one before filtering.
+    """
+    from data_prep.config import MixEntry
+    from data_prep.mix import plan_counts
+
+    rows = _in_mix(pool, entries)
     if not limit or limit >= len(rows):
-        return list(rows)
-    keep = sorted(random.Random(f"{seed}/{tag}").sample(range(len(rows)), limit))
-    return [rows[i] for i in keep]
+        return rows
+    if not entries:
+        keep = sorted(random.Random(f"{seed}/{tag}").sample(range(len(rows)), limit))
+        return [rows[i] for i in keep]
+    shares = [MixEntry(source=name, weight=float(n)) for name, n in plan_counts(entries, total).items() if n > 0]
+    seeds, _ = mix(rows, shares, limit, seed=f"{seed}/{tag}")
+    return seeds
 
 
 def _in_mix(rows: Rows, entries) -> Rows:
@@ -178,27 +190,67 @@ def _batches(rows: Rows, size: int):
         yield rows[i : i + size]
 
 
-def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
+def _free(engine) -> None:
+    """Drop an engine before loading the next model (one model on the device at a time)."""
+    import gc
+
+    import torch
+
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _caption_pass(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
+    """captioner=engine: a VLM writes extra_info["caption"] for every row (sharded, resumable)."""
     from tqdm import tqdm
 
     from data_prep import distill as D
-    from data_prep.engine_io import PromptMaker, load_engine
+    from data_prep.engine_io import load_engine
+
+    p, d = cfg.prepare, cfg.prepare.distill
+    engine, maker = load_engine(cfg, d.captioner_model)
+    captioner = D.EngineCaptioner(engine, maker.items, d.caption_prompt, d.caption_max_new_tokens)
+    manifest.data["models"]["captioner"] = d.captioner_model
+
+    def work(shard: Rows, index: int) -> Rows:
+        out: Rows = []
+        for batch in _batches(shard, p.batch_size):
+            for r, cap in zip(batch, captioner.caption(batch)):
+                if cap:
+                    out.append({**r, "extra_info": {**r["extra_info"], "caption": cap}})
+        return out
+
+    settings = {"captioner": d.captioner_model, "prompt": d.caption_prompt, "max_new_tokens": d.caption_max_new_tokens,
+                "pixels": [cfg.data.min_pixels, cfg.data.max_pixels], "engine": cfg.rollout.engine}
+    step = ShardedStep(out_dir / "shards", "caption", settings, p.shard_size, on_shard)
+    with tqdm(total=len(rows), desc="caption", unit="image") as bar:
+        captioned, shard_stats = step.run(rows, _item_ids(rows), work, bar)
+    manifest.step("caption", {"rows_in": len(rows), "rows_out": len(captioned), "no_caption": len(rows) - len(captioned),
+                              "prompts_skipped": dict(maker.skipped), **shard_stats})
+    _free(engine)
+    return captioned
+
+
+def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
+    """Captions (stored, or a captioning pass), then the reasoner k times per question, in shards."""
+    from tqdm import tqdm
+
+    from data_prep import distill as D
+    from data_prep.engine_io import load_engine
 
     p, d = cfg.prepare, cfg.prepare.distill
     if d.captioner == "scene":
-        captioner = D.SceneCaptioner()
         manifest.data["models"]["captioner"] = "scene description (extra_info.caption)"
     else:
-        engine, processor = load_engine(cfg, d.captioner_model)
-        maker = PromptMaker(processor, cfg.data, prompt_suffix=None)
-        captioner = D.EngineCaptioner(engine, maker.items, d.caption_prompt, d.caption_max_new_tokens)
-        manifest.data["models"]["captioner"] = d.captioner_model
+        rows = _caption_pass(cfg, rows, out_dir, manifest, on_shard)
+    engine = None
     if d.reasoner == "programmatic":
         reasoner = D.ProgrammaticTextReasoner(d.wrong_rate, d.reflect_rate, d.verbose_rate)
         manifest.data["models"]["reasoner"] = "programmatic (data_prep/reasoner.py)"
     else:
-        engine, processor = load_engine(cfg, d.reasoner_model)
-        maker = PromptMaker(processor, cfg.data, prompt_suffix=None)
+        engine, maker = load_engine(cfg, d.reasoner_model)
         reasoner = D.EngineReasoner(engine, maker.items, d.reasoner_prompt, d.temperature, d.top_p, d.max_new_tokens)
         manifest.data["models"]["reasoner"] = d.reasoner_model
     totals: dict[str, int] = {}
@@ -206,31 +258,32 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
     def work(shard: Rows, index: int) -> Rows:
         out: Rows = []
         for b, batch in enumerate(_batches(shard, p.batch_size)):
-            rows, stats = D.distill(batch, captioner, reasoner, d.k, seed_for(seed_for(p.seed, index), b))
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0) + v
-            out += rows
+            got, stats = D.distill(batch, D.StoredCaptioner(), reasoner, d.k, seed_for(seed_for(p.seed, index), b))
+            for key, v in stats.items():
+                totals[key] = totals.get(key, 0) + v
+            out += got
         return out
 
-    settings = {"mode": "distill", "distill": d, "seed": p.seed, "batch_size": p.batch_size}
+    settings = {"mode": "distill", "distill": d, "seed": p.seed, "batch_size": p.batch_size, "engine": cfg.rollout.engine}
     step = ShardedStep(out_dir / "shards", "distill", settings, p.shard_size, on_shard)
     with tqdm(total=len(rows), desc="distill", unit="question") as bar:
         cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
     manifest.step("distill", {"rows_in": len(rows), "rows_out": len(cands), "k": d.k, **shard_stats,
                               **{f"this_run_{k}": v for k, v in totals.items() if k not in ("rows_in", "rows_out")}})
+    if engine is not None:
+        _free(engine)
     return cands
 
 
 def _self_improve_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
     from tqdm import tqdm
 
-    from data_prep.engine_io import PromptMaker, load_engine
+    from data_prep.engine_io import load_engine
     from data_prep.self_improve import sample_responses
     from ovlt_rl.engines.base import SamplingParams
 
     p, s = cfg.prepare, cfg.prepare.self_improve
-    engine, processor = load_engine(cfg, s.model_path)
-    maker = PromptMaker(processor, cfg.data, prompt_suffix=cfg.data.prompt_suffix)
+    engine, maker = load_engine(cfg, s.model_path, prompt_suffix=cfg.data.prompt_suffix)
     manifest.data["models"]["sampler"] = s.model_path
     totals: dict[str, int] = {}
 
@@ -262,12 +315,11 @@ def _difficulty(cfg, rows: Rows, reward_fn, out_dir: Path, manifest: Manifest, o
     """Keep RL prompts the current model solves 1..n-1 times out of n (sharded: generation)."""
     from tqdm import tqdm
 
-    from data_prep.engine_io import PromptMaker, load_engine
+    from data_prep.engine_io import load_engine
     from ovlt_rl.engines.base import SamplingParams
 
     p, dc = cfg.prepare, cfg.prepare.difficulty
-    engine, processor = load_engine(cfg, dc.model_path)
-    maker = PromptMaker(processor, cfg.data, prompt_suffix=cfg.data.prompt_suffix)
+    engine, maker = load_engine(cfg, dc.model_path, prompt_suffix=cfg.data.prompt_suffix)
     manifest.data["models"]["difficulty"] = dc.model_path
 
     def work(shard: Rows, index: int) -> Rows:
@@ -358,12 +410,12 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     with reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) as reward_fn:
         manifest.data["models"]["reward"] = cfg.reward.fn
         # --- SFT candidates: generation, sharded and resumable
-        seeds = _in_mix(pool, p.mix.sft)
+        limit = p.distill.limit if p.mode == "distill" else p.self_improve.limit
+        seeds = _seed_rows(pool, p.mix.sft, p.mix.sft_total, limit, p.seed, p.mode)
+        manifest.step("sft/seeds", {"rows_in": len(_in_mix(pool, p.mix.sft)), "rows_out": len(seeds), "limit": limit})
         if p.mode == "distill":
-            seeds = _sample(seeds, p.distill.limit, p.seed, "distill")
             cands = _distill_candidates(cfg, seeds, out_dir, manifest, on_shard_committed)
         else:
-            seeds = _sample(seeds, p.self_improve.limit, p.seed, "self_improve")
             cands = _self_improve_candidates(cfg, seeds, out_dir, manifest, on_shard_committed)
 
         # --- SFT set: score once, filter, one per question, mix
