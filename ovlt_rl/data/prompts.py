@@ -58,8 +58,14 @@ def render_prompt(processor, chat: list[dict[str, Any]]) -> str:
 
 
 def special_token_pattern(tokenizer) -> re.Pattern:
-    """Matches any added/special token string (e.g. "<|im_end|>") inside raw text."""
-    tokens = sorted(tokenizer.get_added_vocab(), key=len, reverse=True)
+    """Matches any special token string (e.g. "<|im_end|>", "<|image_pad|>") inside raw text.
+
+    Such a string in a question or response would be tokenized as the control token itself (an
+    early end of turn, an image slot without an image). Non-special added tokens (Qwen's
+    "<tool_call>") are ordinary text here.
+    """
+    specials = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    tokens = sorted(specials | set(tokenizer.all_special_tokens), key=len, reverse=True)
     return re.compile("|".join(re.escape(t) for t in tokens))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -57,6 +58,9 @@ def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:
     with FileLock(str(target.parent / f".{target.name}.lock")):
         # Another process may have built it while we waited for the lock.
         if not (target / "config.json").exists():
+            # Temporary folders of builds that died: nobody else builds while we hold the lock.
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             build_tiny_model(target, seed=seed, log=log)
     return target
 

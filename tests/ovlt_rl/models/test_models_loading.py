@@ -109,6 +109,8 @@ def test_load_model_dtype_and_wrong_architecture(tiny_model_dir, tmp_path):
 def test_resolve_tiny_builds_once_into_the_cache(tmp_path):
     assert resolve_model_path("/some/model") == "/some/model"
     target = tiny_model_dir(tmp_path)
+    stale = tmp_path / f".{target.name}.tmp-dead"  # left by a build that was killed
+    stale.mkdir()
     messages: list[str] = []
     # Two threads at once: the file lock lets one build while the other waits, then finds it.
     threads = [threading.Thread(target=ensure_tiny_model, args=(target,), kwargs={"log": messages.append}) for _ in range(2)]
