@@ -113,8 +113,8 @@ class _Rows:
         self.min_pixels = proc_min if min_pixels is None else int(min_pixels)
         self.max_pixels = proc_max if max_pixels is None else int(max_pixels)
         if not (proc_min <= self.min_pixels <= self.max_pixels <= proc_max):
-            # Otherwise the processor would resize our resized images again and the token counts
-            # computed here would be wrong.
+            # Outside them the processor, which resizes again with its own bounds, would silently
+            # override these.
             raise ValueError(
                 f"min_pixels={self.min_pixels}, max_pixels={self.max_pixels} must lie within the processor's "
                 f"bounds [{proc_min}, {proc_max}]; load it with load_processor(path, min_pixels=..., max_pixels=...)"
