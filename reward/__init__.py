@@ -23,7 +23,8 @@ gets a wall-clock timeout (default 10 s). Exceptions, timeouts, None, non-number
 and crashed workers (os._exit, segfaults) make that sample's score None, counted by reason
 ("exception", "timeout", "returned_none", "non_numeric", "non_finite", "worker_crashed",
 "abandoned"); the rest of the batch scores normally. ``check_unscorable`` turns "too many
-None" into an error naming the function.
+None" into an error naming the function. Workers are started with multiprocessing's "spawn":
+a script that calls ``reward.load`` needs the usual ``if __name__ == "__main__":`` guard.
 
 Built-ins: ``openvlthinker`` (OpenVLThinker's reward: correctness of the last
 ``<answer>...</answer>``, 0.5 for a correct answer with nothing between ``</think>`` and

@@ -27,6 +27,7 @@ signal-based timeouts disabled, so these functions are safe in any thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from fractions import Fraction
@@ -320,6 +321,17 @@ def grade(pred: str, ground_truth: str) -> bool:
     """
     if not isinstance(pred, str) or not isinstance(ground_truth, str):
         raise TypeError(f"grade() takes strings, got {type(pred).__name__} and {type(ground_truth).__name__}")
+    if len(pred) + len(ground_truth) <= _CACHED_LENGTH:
+        return _grade_cached(pred, ground_truth)
+    return _grade(pred, ground_truth)
+
+
+# A group of rollouts often repeats the same answer, and symbolic grading costs tens of ms:
+# remember short pairs (grading is a pure function), not whole responses.
+_CACHED_LENGTH = 400
+
+
+def _grade(pred: str, ground_truth: str) -> bool:
     norm_pred, norm_truth = normalize_answer(pred), normalize_answer(ground_truth)
     if not norm_pred or not norm_truth:
         return False
@@ -335,3 +347,6 @@ def grade(pred: str, ground_truth: str) -> bool:
     if _reads_like_text(_unwrap(pred.strip())):
         return False
     return _math_verify_equal(pred.strip(), ground_truth.strip())
+
+
+_grade_cached = functools.lru_cache(maxsize=1 << 16)(_grade)
