@@ -160,7 +160,7 @@ def _count_explain(p: _Problem, answer: str) -> tuple[list[str], str]:
         parts = " + ".join(str(p.values[k]) for k in matches)
         steps.append(f"The {color} ones are {_join(_plural(p.values[k], *k) for k in matches)}, so {parts} = {answer}.")
     else:
-        steps.append(f"Only the {target} count, so there are {answer}.")
+        steps.append(f"Only the {target} count, so the answer is {answer}.")
     return steps, f"There {'is' if answer == '1' else 'are'} {answer} {target[:-1] if answer == '1' else target}."
 
 

@@ -10,7 +10,12 @@ comes with different answers):
 
 Everything is sized for a tiny Qwen2.5-VL-shaped model on a CPU: 112x112 images by default (patch 14,
 merge 2: 16 image tokens, one per 28x28 cell), flat high-contrast colours (red, green, blue) on white,
-big shapes, few objects, a handful of question templates, small answer spaces.
+big shapes, few objects, a handful of question templates, small answer spaces. As a check of
+learnability (not a test): a ~100k-parameter classifier with the same patch 14 / merge 2 front end
+and a 2-layer transformer, trained on 4000 rows for 2000 steps (about 3.5 minutes on one CPU core),
+reached test accuracy count 0.95, chart 0.91, ruler 0.98, compare 0.74 (lines 1.0, angles 0.55:
+the hardest template, which leaves room for RL); guessing from the question text alone gives
+about 0.2, 0.18, 0.17 and 0.5.
 
 Each sample also has a scene description standing in for a caption, complete enough that the
 programmatic reasoner (data_prep/reasoner.py) answers from it alone.
@@ -208,9 +213,11 @@ def _sample_compare(rng: random.Random) -> Sample:
     if kind == "angle":
         while True:
             a, b = rng.choice(ANGLES), rng.choice(ANGLES)
-            if abs(a - b) >= 30:  # visible at 112 pixels
+            if abs(a - b) >= 40:  # clearly visible at 112 pixels
                 break
-        turns = (rng.randrange(0, 360, 30), rng.randrange(0, 360, 30))
+        # the first ray is horizontal (pointing right, or left with the angle opening downwards),
+        # so the size of the angle shows in where the second ray points: easy for a tiny model
+        turns = (rng.choice((0, 180)), rng.choice((0, 180)))
         word = rng.choice(("larger", "smaller"))
         scene = ("angle", (a, b), turns, colors)
         caption = f"Two angles: angle A (left) is {a} degrees and angle B (right) is {b} degrees."
