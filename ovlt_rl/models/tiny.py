@@ -306,6 +306,7 @@ def build_tiny_model(
             "parameters": n_params,
         }
         (tmp / "ovlt_tiny.json").write_text(json.dumps(note, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _ordinary_permissions(tmp)
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above); os.replace cannot replace a directory
         os.replace(tmp, out_dir)
@@ -315,3 +316,12 @@ def build_tiny_model(
     log(f"saved to {out_dir}")
     return out_dir
 
+
+
+def _ordinary_permissions(folder: Path) -> None:
+    """mkdtemp makes the folder 0700 and the weights writer leaves 0600: give the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)

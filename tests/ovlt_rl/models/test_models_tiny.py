@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 
 import pytest
 import torch
@@ -73,6 +74,11 @@ def test_build_is_deterministic_for_a_seed(tiny_model_dir, tmp_path):
     assert _hashes(again) == _hashes(tiny_model_dir)
     other = build_tiny_model(tmp_path / "other", seed=seed + 1)
     assert _hashes(other)["model.safetensors"] != _hashes(tiny_model_dir)["model.safetensors"]
+    # The usual umask modes (not mkdtemp's 0700 and the weight writer's 0600), so a shared cache works.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert again.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (again / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_build_refuses_a_non_empty_folder_and_leaves_no_temp_folders(tmp_path):
