@@ -54,7 +54,7 @@ _REFLECTION_SENTENCES: dict[str, tuple[str, ...]] = {
     "re-examine": ("I should re-examine the {subject} before answering.",),
     "let me verify": ("Let me verify the {subject} in the image.",),
     "on second thought": ("On second thought, I will go over the {subject} once more.",),
-    "let me check again": ("Let me check again: the {subject} agrees with the image.",),
+    "let me check again": ("Let me check again the {subject}: it agrees with the image.",),
     "let me reconsider": ("Let me reconsider the {subject} carefully.",),
     "double-check": ("A quick double-check of the {subject} confirms it.",),
     "re-evaluate": ("I will re-evaluate the {subject} step by step.",),
