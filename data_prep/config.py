@@ -157,6 +157,8 @@ class DifficultyConfig:
     """Sampling temperature."""
     max_new_tokens: int = 1024
     """Response token limit."""
+    limit: int = 0
+    """Measure at most this many RL candidates (0: all), shared out over mix.rl's sources like the mix."""
 
 
 @dataclass

@@ -190,6 +190,11 @@ def _batches(rows: Rows, size: int):
         yield rows[i : i + size]
 
 
+def _counts(totals: dict[str, int]) -> dict[str, int]:
+    """Per-response counts of the shards computed in this run (reused shards were counted when made)."""
+    return {k: v for k, v in totals.items() if k not in ("rows_in", "rows_out")}
+
+
 def _free(engine) -> None:
     """Drop an engine before loading the next model (one model on the device at a time)."""
     import gc
@@ -269,7 +274,7 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
     with tqdm(total=len(rows), desc="distill", unit="question") as bar:
         cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
     manifest.step("distill", {"rows_in": len(rows), "rows_out": len(cands), "k": d.k, **shard_stats,
-                              **{f"this_run_{k}": v for k, v in totals.items() if k not in ("rows_in", "rows_out")}})
+                              "computed_shards": _counts(totals)})
     if engine is not None:
         _free(engine)
     return cands
@@ -307,7 +312,7 @@ def _self_improve_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest,
         cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
     manifest.step("self_improve", {"rows_in": len(rows), "rows_out": len(cands), "k": s.k, **shard_stats,
                                    "prompts_skipped": dict(maker.skipped),
-                                   **{f"this_run_{k}": v for k, v in totals.items() if k not in ("rows_in", "rows_out")}})
+                                   "computed_shards": _counts(totals)})
     return cands
 
 
@@ -436,6 +441,7 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
             rl_pool, stats = exclude(rl_pool, keys, lambda r: item_key(r, p.filters.question_boilerplate))
             manifest.step("rl/exclude_sft", stats)
         if p.difficulty.enabled:
+            rl_pool = _seed_rows(rl_pool, p.mix.rl, p.mix.rl_total, p.difficulty.limit, p.seed, "difficulty")
             rl_pool = _difficulty(cfg, rl_pool, reward_fn, out_dir, manifest, on_shard_committed)
         rl_rows, stats = mix(rl_pool, p.mix.rl, p.mix.rl_total, p.seed)
         manifest.step("rl/mix", stats)
@@ -451,6 +457,10 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
         _ablation_sets(cands, scores, p, sft_rows, manifest, out_dir)
     manifest.data["seconds"] = round(time.time() - t0, 1)
     path = manifest.save(out_dir)
+    if not sft_rows or not rl_rows:
+        # an empty set would only fail later, in training, far from its cause
+        empty = " and ".join(n for n, rows in (("SFT", sft_rows), ("RL", rl_rows)) if not rows)
+        raise RuntimeError(f"prepare: the {empty} set is empty; see the rows in/out of each step in {path}")
     log.info("prepare: sft %d rows, rl %d rows, val %d, test %d -> %s (%.0fs)",
              len(sft_rows), len(rl_rows), len(val), len(test), path, time.time() - t0)
     return out_dir

@@ -73,3 +73,30 @@ def test_select_by_pass_rate_keeps_1_to_n_minus_1():
     kept, stats = select_by_pass_rate(rows, [0, 1, 4, 3, 2], n=4)
     assert [r["extra_info"]["i"] for r in kept] == [1, 3, 4]
     assert stats["all_wrong"] == 1 and stats["all_right"] == 1
+
+
+class _Engine:
+    """generate() only: for ground truth "g", the j-th response answers g when j < solved[g]."""
+
+    def __init__(self, solved):
+        self.solved, self.calls = solved, []
+
+    def generate(self, prompts, params):
+        from ovlt_rl.engines.base import Generation
+
+        self.calls.append(params.n)
+        return [[Generation([0], f"<think>t</think>\nso\n<answer>{p['gt'] if j < self.solved[p['gt']] else 'x'}</answer>", "stop")
+                 for j in range(params.n)] for p in prompts]
+
+
+def test_correct_counts_and_difficulty_selection(reward_fn):
+    from data_prep.mix import correct_counts
+    from ovlt_rl.engines.base import SamplingParams
+
+    rows = [row(answer=a, color=(i, i, i)) for i, a in enumerate(["1", "2", "3"])]
+    engine = _Engine({"1": 0, "2": 2, "3": 4})
+    counts = correct_counts(rows, [{"gt": r["reward_model"]["ground_truth"]} for r in rows], engine, reward_fn, 4,
+                            SamplingParams())
+    assert counts == [0, 2, 4] and engine.calls == [4]
+    kept, stats = select_by_pass_rate(rows, counts, 4)
+    assert [r["reward_model"]["ground_truth"] for r in kept] == ["2"]

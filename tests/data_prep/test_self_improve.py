@@ -104,3 +104,26 @@ def test_real_hf_engine_draws_k_per_prompt(tiny_engine, reward_fn):
     kept, cstats = correctness(cands, reward_fn)
     scores = reward_fn.score_batch([c["response"] for c in kept], [c["reward_model"]["ground_truth"] for c in kept]).scores
     assert all(s == 1.0 for s in scores) and cstats["rows_in"] == 12
+
+
+def test_engine_captioner_and_reasoner_run_on_the_real_engine(tiny_engine):
+    """The engine-backed distillation parts on the tiny (untrained) model: shapes and counts only."""
+    from types import SimpleNamespace
+
+    from data_prep.distill import EngineCaptioner, EngineReasoner, StoredCaptioner, distill
+    from data_prep.engine_io import PromptMaker
+    from data_prep.synthetic import generate
+
+    engine, processor = tiny_engine
+    maker = PromptMaker(processor, SimpleNamespace(min_pixels=3136, max_pixels=12544, max_prompt_length=256), None)
+    rows = generate(3, seed=2, split="train")
+    captions = EngineCaptioner(engine, maker.items, "Describe the image.", max_new_tokens=8).caption(rows)
+    assert len(captions) == 3 and all(c is None or isinstance(c, str) for c in captions)
+    reasoner = EngineReasoner(engine, maker.items, "Here is a detailed description of an image: {caption}\nQuestion: {question}\n",
+                              temperature=1.0, top_p=1.0, max_new_tokens=8)
+    groups = reasoner.reason(rows, ["three shapes"] * 3, k=2, seed=0)
+    assert len(groups) == 3 and all(len(g) <= 2 for g in groups)
+    out, stats = distill([{**r, "extra_info": {**r["extra_info"], "caption": "three shapes"}} for r in rows],
+                         StoredCaptioner(), reasoner, k=2, seed=0)
+    assert stats["rows_in"] == 3 and stats["responses"] <= 6
+    assert stats["rows_out"] == len(out) == stats["responses"] - stats.get("no_answer", 0)
