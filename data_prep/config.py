@@ -164,11 +164,17 @@ class DifficultyConfig:
 @dataclass
 class PrepareConfig:
     output_dir: str = "outputs/data"
+    """Where sft.parquet, rl.parquet, val/test.parquet, shards/ and manifest.json go."""
     seed: int = 0
+    """Seed of everything random here: the synthetic task, sampling, picks, mixes."""
     synthetic_train: int = 2000
+    """Synthetic training questions (the pool when prepare.synthetic is true)."""
     synthetic_val: int = 200
+    """Synthetic validation questions (val.parquet)."""
     synthetic_test: int = 200
+    """Synthetic test questions (test.parquet)."""
     image_size: int = 112
+    """Side of the synthetic images in pixels."""
     families: list[str] = field(default_factory=list)
     """Synthetic families (empty: all)."""
     mode: str = "distill"

@@ -143,9 +143,14 @@ def load_pool(p: PrepareConfig, out_dir: Path, manifest: Manifest) -> tuple[Rows
         order = list(range(len(pool)))
         random.Random(f"{p.seed}/val").shuffle(order)
         held = set(order[: p.val_count])
-        val += [r for i, r in enumerate(pool) if i in held]
-        pool = [r for i, r in enumerate(pool) if i not in held]
-        manifest.step("val_holdout", {"rows_in": len(pool) + len(held), "rows_out": len(pool), "held_out": len(held)})
+        held_rows = [r for i, r in enumerate(pool) if i in held]
+        rest = [r for i, r in enumerate(pool) if i not in held]
+        # copies of a held-out image or question elsewhere in the pool would leak it into training
+        keys = f.contamination_keys or ["image"]
+        pool, stats = F.contamination(rest, F.EvalIndex(held_rows, f.question_boilerplate), keys)
+        val += held_rows
+        manifest.step("val_holdout", {"rows_in": len(rest) + len(held), "rows_out": len(pool), "held_out": len(held),
+                                      "same_image_as_val": stats["same_image"], "same_question_as_val": stats["same_question"]})
     return pool, val, test
 
 

@@ -111,6 +111,23 @@ def test_shards_from_other_settings_are_refused(tmp_path, synthetic_dir):
         run_prepare(small_cfg(out, synthetic_dir, "prepare.distill.k=2"))
 
 
+def test_source_pool_with_validation_holdout(tmp_path, synthetic_dir, clean_run):
+    out = tmp_path / "sources"
+    cfg = load_config("prepare", [
+        "recipe=tiny", f"prepare.output_dir={out}", "prepare.synthetic=false", *SMALL,
+        f"prepare.sources=[{{name: parquet, path: {synthetic_dir / 'train.parquet'}}}]",
+        "prepare.val_count=20", "prepare.filters.write_variants=false",
+    ])
+    run_prepare(cfg)
+    val, sft, rl = (read_rows(out / f"{n}.parquet") for n in ("val", "sft", "rl"))
+    assert len(val) == 20 and not (out / "test.parquet").exists()
+    assert not {item_key(r)[0] for r in val} & {item_key(r)[0] for r in sft + rl}
+    steps = {s["step"]: s for s in json.loads((out / "manifest.json").read_text())["steps"]}
+    hold = steps["val_holdout"]
+    assert hold["held_out"] == 20 and hold["rows_in"] - 20 - hold["same_image_as_val"] == hold["rows_out"]
+    assert steps["source/parquet"]["rows_out"] == 160
+
+
 def test_config_errors_name_the_field():
     def check(args, field):
         with pytest.raises(ConfigError, match=re.escape(field)):
