@@ -52,6 +52,18 @@ class Generation:
     """Log-prob of each token of `token_ids` under the sampling distribution, if computed."""
 
 
+# Tokens a response must never contain: a generated <|image_pad|> would be taken for an image
+# placeholder in the training forward ("Image features and image tokens do not match"), and
+# the vision markers are meaningless in a response. Engines forbid them while sampling.
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+def forbidden_token_ids(tokenizer) -> list[int]:
+    """Ids of VISION_TOKENS known to `tokenizer`."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in VISION_TOKENS if t in vocab)
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         """`params.n` generations for each prompt, in prompt order."""

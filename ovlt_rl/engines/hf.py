@@ -18,21 +18,16 @@ from typing import Any, Iterable
 
 import torch
 
-from ovlt_rl.engines.base import Generation, SamplingParams
+from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
 
 log = logging.getLogger(__name__)
 
 
 def batch_prompts(prompts: list[dict[str, Any]], pad_token_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Left-pad prompt items into model inputs (input_ids, attention_mask, pixel_values, image_grid_thw)."""
-    from ovlt_rl.data.collate import collate_prompts
+    """Left-pad prompt items into model inputs (input_ids, attention_mask, mm_token_type_ids, pixel_values, image_grid_thw)."""
+    from ovlt_rl.data.collate import collate_prompts, model_inputs
 
-    batch = collate_prompts(prompts, pad_token_id)
-    out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if batch.get("pixel_values") is not None:
-        out["pixel_values"] = batch["pixel_values"]
-        out["image_grid_thw"] = batch["image_grid_thw"]
-    return {k: v.to(device) for k, v in out.items()}
+    return {k: v.to(device) for k, v in model_inputs(collate_prompts(prompts, pad_token_id)).items()}
 
 
 class HFEngine:
@@ -63,6 +58,7 @@ class HFEngine:
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
+        self.forbidden = forbidden_token_ids(self.tokenizer)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -86,6 +82,7 @@ class HFEngine:
             pad_token_id=self.pad_id,
             eos_token_id=sorted(self.eos_ids),
             repetition_penalty=params.repetition_penalty,
+            suppress_tokens=self.forbidden or None,
         )
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k if params.top_k > 0 else 0)

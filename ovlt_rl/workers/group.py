@@ -119,12 +119,11 @@ class PolicyGroup:
         return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shares)])
 
     def shutdown(self) -> None:
-        try:
-            self.call("shutdown")
-        finally:
-            for w in self.workers:
-                ray.kill(w)
-            remove_placement_group(self.pg)
+        # Kill rather than ask: after a failure another rank may be blocked in a collective and
+        # would never answer. The processes' exit tears the process group down.
+        for w in self.workers:
+            ray.kill(w)
+        remove_placement_group(self.pg)
 
 
 class RolloutGroup:

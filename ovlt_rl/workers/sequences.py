@@ -3,6 +3,8 @@
 One representation serves GRPO and SFT. A *sample* is a dict:
 
     input_ids      1-D LongTensor, the whole sequence (prompt with expanded image tokens + response)
+    mm_token_type_ids  1-D LongTensor, 1 on image tokens (transformers 5 needs it for 3-D mRoPE
+                   positions; without it image tokens silently get 1-D positions)
     loss_mask      1-D tensor, 1 where the token is one the policy predicts (the response / assistant turn)
     pixel_values, image_grid_thw   the prompt's images (absent for text-only rows)
     + per-token float tensors aligned with input_ids (old_logprobs, ref_logprobs, advantages)
@@ -28,6 +30,7 @@ def make_sample(prompt: dict[str, Any], response_ids: list[int] | torch.Tensor) 
     r = torch.as_tensor(response_ids, dtype=p.dtype)
     sample = {
         "input_ids": torch.cat([p, r]),
+        "mm_token_type_ids": torch.cat([prompt["mm_token_type_ids"], torch.zeros(len(r), dtype=torch.long)]),
         "loss_mask": torch.cat([torch.zeros(len(p)), torch.ones(len(r))]),
     }
     if prompt.get("pixel_values") is not None:
@@ -38,7 +41,7 @@ def make_sample(prompt: dict[str, Any], response_ids: list[int] | torch.Tensor) 
 
 def sft_sample(item: dict[str, Any]) -> dict[str, Any]:
     """A training sample from an SFTDataset item (its labels_mask marks the assistant tokens)."""
-    sample = {"input_ids": item["input_ids"], "loss_mask": item["labels_mask"].float()}
+    sample = {"input_ids": item["input_ids"], "mm_token_type_ids": item["mm_token_type_ids"], "loss_mask": item["labels_mask"].float()}
     if item.get("pixel_values") is not None:
         sample["pixel_values"] = item["pixel_values"]
         sample["image_grid_thw"] = item["image_grid_thw"]
@@ -51,17 +54,20 @@ def build_batch(samples: list[dict[str, Any]], pad_token_id: int, per_token_keys
     L = max(lengths)
     B = len(samples)
     input_ids = torch.full((B, L), pad_token_id, dtype=torch.long)
+    mm_types = torch.zeros((B, L), dtype=torch.long)
     attention_mask = torch.zeros((B, L), dtype=torch.long)
     loss_mask = torch.zeros((B, L))
     extra = {k: torch.zeros((B, L)) for k in per_token_keys}
     for i, s in enumerate(samples):
         n = lengths[i]
         input_ids[i, :n] = s["input_ids"]
+        mm_types[i, :n] = s["mm_token_type_ids"]
         attention_mask[i, :n] = 1
         loss_mask[i, :n] = s["loss_mask"]
         for k in per_token_keys:
             extra[k][i, :n] = s[k]
-    batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask, **extra}
+    batch: dict[str, Any] = {"input_ids": input_ids, "mm_token_type_ids": mm_types, "attention_mask": attention_mask,
+                             "loss_mask": loss_mask, **extra}
     with_images = [s for s in samples if s.get("pixel_values") is not None]
     if with_images:
         batch["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images])
@@ -86,7 +92,8 @@ def _model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modu
 def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """Last hidden states [B, L, H] of the backbone (vision tower run on the batch's images)."""
     backbone, _ = _model_parts(model)
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "mm_token_type_ids": batch["mm_token_type_ids"], "use_cache": False}
     if "pixel_values" in batch:
         kwargs["pixel_values"] = batch["pixel_values"]
         kwargs["image_grid_thw"] = batch["image_grid_thw"]

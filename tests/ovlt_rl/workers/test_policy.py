@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from ovlt_rl.config import load_config
+from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.engines.hf import HFEngine
 from ovlt_rl.models.loading import load_processor, resolve_model_path
 from ovlt_rl.workers.policy import PolicyWorker
@@ -27,10 +28,8 @@ def model_path(tmp_path_factory):
 
 def _prompt(processor, colour, text):
     img = Image.new("RGB", (56, 56), colour)
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    enc = processor(text=[prompt], images=[img], return_tensors="pt")
-    return {"input_ids": enc["input_ids"][0], "pixel_values": enc["pixel_values"], "image_grid_thw": enc["image_grid_thw"]}
+    chat = chat_messages([{"role": "user", "content": f"<image>{text}"}])
+    return encode_prompt(processor, render_prompt(processor, chat), [img])
 
 
 def _samples(processor, n=8, seed=0):
