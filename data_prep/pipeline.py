@@ -200,13 +200,13 @@ def _counts(totals: dict[str, int]) -> dict[str, int]:
     return {k: v for k, v in totals.items() if k not in ("rows_in", "rows_out")}
 
 
-def _free(engine) -> None:
-    """Drop an engine before loading the next model (one model on the device at a time)."""
+def _release_memory() -> None:
+    """Return the memory of engines that went out of scope before the next model loads
+    (one model on the device at a time: captioner, then reasoner, then pass-rate model)."""
     import gc
 
     import torch
 
-    del engine
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -239,7 +239,6 @@ def _caption_pass(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: 
         captioned, shard_stats = step.run(rows, _item_ids(rows), work, bar)
     manifest.step("caption", {"rows_in": len(rows), "rows_out": len(captioned), "no_caption": len(rows) - len(captioned),
                               "prompts_skipped": dict(maker.skipped), **shard_stats})
-    _free(engine)
     return captioned
 
 
@@ -255,7 +254,7 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
         manifest.data["models"]["captioner"] = "scene description (extra_info.caption)"
     else:
         rows = _caption_pass(cfg, rows, out_dir, manifest, on_shard)
-    engine = None
+        _release_memory()
     if d.reasoner == "programmatic":
         reasoner = D.ProgrammaticTextReasoner(d.wrong_rate, d.reflect_rate, d.verbose_rate)
         manifest.data["models"]["reasoner"] = "programmatic (data_prep/reasoner.py)"
@@ -280,8 +279,6 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
         cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
     manifest.step("distill", {"rows_in": len(rows), "rows_out": len(cands), "k": d.k, **shard_stats,
                               "computed_shards": _counts(totals)})
-    if engine is not None:
-        _free(engine)
     return cands
 
 
@@ -427,6 +424,7 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
             cands = _distill_candidates(cfg, seeds, out_dir, manifest, on_shard_committed)
         else:
             cands = _self_improve_candidates(cfg, seeds, out_dir, manifest, on_shard_committed)
+        _release_memory()
 
         # --- SFT set: score once, filter, one per question, mix
         scores, unscorable = F.reward_scores(cands, reward_fn)
