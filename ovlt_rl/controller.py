@@ -232,8 +232,11 @@ def run_grpo(cfg: Config) -> Path:
             prompts, groups, scores = [], [], []
             parts: dict[str, list] = {}
             none_reasons: dict[str, int] = {}
+            indices: list[int] = []
             for round_ in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
-                batch_prompts = [train[i] for i in next(sampler)]
+                batch_idx = next(sampler)
+                indices += batch_idx
+                batch_prompts = [train[i] for i in batch_idx]
                 t0 = time.perf_counter()
                 batch_groups = run.rollout.generate(batch_prompts, sampling_params(cfg, validation=False, seed=cfg.trainer.seed * 100003 + step * 97 + round_))
                 timing["timing/generate_s"] = timing.get("timing/generate_s", 0.0) + time.perf_counter() - t0
@@ -351,6 +354,7 @@ def run_grpo(cfg: Config) -> Path:
             metrics.update(
                 {
                     "reward/mean": float(torch.nanmean(rewards_t)),
+                    "data/indices": indices,  # dataset rows of this step (checks that a resume keeps the order)
                     "response_length/mean": sum(resp_lens) / len(resp_lens),
                     "response_length/clip_ratio": sum(g.finish_reason == "length" for grp in groups for g in grp) / len(resp_lens),
                     "throughput/tokens_per_s": n_tok / step_s,
