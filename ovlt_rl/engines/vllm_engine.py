@@ -28,7 +28,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from ovlt_rl.engines.base import Generation, SamplingParams
+from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
 
 SUPPORTED = ("0.10.2", "0.12")
 """vLLM versions this module is written against: min inclusive, max exclusive (pre-releases of max excluded)."""
@@ -69,8 +69,13 @@ def vllm_dtype(dtype: str) -> str:
     return table[dtype]
 
 
-def vllm_sampling_kwargs(p: SamplingParams) -> dict[str, Any]:
-    """Our SamplingParams as keyword arguments of `vllm.SamplingParams`."""
+def vllm_sampling_kwargs(p: SamplingParams, forbidden: Iterable[int] = ()) -> dict[str, Any]:
+    """Our SamplingParams as keyword arguments of `vllm.SamplingParams`.
+
+    `forbidden` token ids (the vision tokens, see base.forbidden_token_ids) get vLLM's strongest
+    logit bias (-100, about e^-100 of the mass): a sampled <|image_pad|> would make the policy's
+    image-token count disagree with the image features."""
+    bias = {int(t): -100.0 for t in forbidden}
     return dict(
         n=p.n,
         temperature=max(0.0, p.temperature),  # vLLM: 0 means greedy, like ours
@@ -82,6 +87,7 @@ def vllm_sampling_kwargs(p: SamplingParams) -> dict[str, Any]:
         repetition_penalty=p.repetition_penalty,
         logprobs=0 if p.logprobs else None,  # 0: only the sampled token's log-prob
         skip_special_tokens=True,
+        logit_bias=bias or None,
     )
 
 
@@ -217,13 +223,14 @@ class VLLMEngine:
             enable_sleep_mode=self.sleep_mode,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.forbidden = forbidden_token_ids(self.tokenizer)
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         from vllm import SamplingParams as VSamplingParams
 
         self.wake_up()
         outs = self.llm.generate([build_prompt(p, self.max_images) for p in prompts],
-                                 VSamplingParams(**vllm_sampling_kwargs(params)), use_tqdm=False)
+                                 VSamplingParams(**vllm_sampling_kwargs(params, self.forbidden)), use_tqdm=False)
         return [[to_generation(o, params.logprobs) for o in req.outputs] for req in outs]
 
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:

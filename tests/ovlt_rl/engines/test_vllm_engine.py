@@ -69,11 +69,20 @@ def test_sampling_kwargs():
     kw = ve.vllm_sampling_kwargs(p)
     assert kw == dict(
         n=5, temperature=1.0, top_p=0.99, top_k=0, max_tokens=512, stop=["</answer>"], seed=7,
-        repetition_penalty=1.0, logprobs=0, skip_special_tokens=True,
+        repetition_penalty=1.0, logprobs=0, skip_special_tokens=True, logit_bias=None,
     )
     assert kw["stop"] is not p.stop  # a copy: vLLM may keep and mutate it
     greedy = ve.vllm_sampling_kwargs(SamplingParams(temperature=0.0, top_k=1, logprobs=False))
     assert greedy["temperature"] == 0.0 and greedy["top_k"] == 1 and greedy["logprobs"] is None
+
+
+def test_vision_tokens_are_forbidden(tiny_processor):
+    from ovlt_rl.engines.base import forbidden_token_ids
+
+    ids = forbidden_token_ids(tiny_processor.tokenizer)
+    assert tiny_processor.tokenizer.convert_tokens_to_ids(ve.IMAGE_PLACEHOLDER) in ids
+    kw = ve.vllm_sampling_kwargs(SamplingParams(), ids)
+    assert kw["logit_bias"] == {i: -100.0 for i in ids}
 
 
 def test_vllm_dtype():
