@@ -134,3 +134,22 @@ def test_rollout_engine_agrees_with_policy_after_sync(model_path):
     assert max(diffs) < 1e-4
     assert max(diffs_before) > 1e-3  # the check would catch a missed sync
     w.shutdown()
+
+
+def test_update_moves_probability_toward_positive_advantages(model_path):
+    processor = load_processor(model_path)
+    samples = _samples(processor, n=4)
+    w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4", "actor.lr": "1e-3"})
+    for i, s in enumerate(samples):
+        s["advantages"] = s["loss_mask"] * (1.0 if i < 2 else -1.0)
+    before = w.compute_logprobs(samples, "policy", 4)
+    for s, lp in zip(samples, before):
+        s["old_logprobs"] = lp
+    denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
+    for _ in range(3):
+        w.update_policy(samples, denom)
+    after = w.compute_logprobs(samples, "policy", 4)
+    change = [float((a - b)[s["loss_mask"].bool()].sum()) for s, a, b in zip(samples, after, before)]
+    assert change[0] > 0 and change[1] > 0, change
+    assert change[2] < 0 and change[3] < 0, change
+    w.shutdown()
