@@ -100,6 +100,10 @@ class RolloutConfig:
     limit_images_per_prompt: int = 1
     """vLLM limit_mm_per_prompt for images."""
     seed: int = 0
+    weight_sync: str = "auto"
+    """"object_store" (full state dict through Ray; CPU and any engine), "nccl" (bucketed broadcast
+    from policy rank 0 over an NCCL group; GPU, hf engine), or "auto" (nccl when both sides are on GPU
+    with the hf engine)."""
     check_logprob_sync: bool = True
     """After each weight sync, compare rollout and policy log-probs of the same tokens (metric sync/logprob_mae)."""
 
@@ -310,6 +314,7 @@ def validate(cfg: Config, command: str) -> None:
             "actor.global_batch_size",
             f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
         )
+        _check(r.weight_sync in ("auto", "object_store", "nccl"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
         _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
         _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")

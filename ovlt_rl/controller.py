@@ -63,15 +63,44 @@ class Run:
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
+        self.sync_mode = self._weight_sync_mode(info["device"]) if with_rollout else None
+        if self.sync_mode == "nccl":
+            import ray
+
+            host, port = self.policy.free_port()
+            world = 1 + len(self.rollout.workers)
+            ray.get([self.policy.workers[0].init_weight_sync.remote(host, port, world)]
+                    + [w.init_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(self.rollout.workers)]
+                    + [w.init_weight_sync.remote(host, port, world) for w in self.policy.workers[1:]])
+        if with_rollout:
+            log.info("weight sync: %s", self.sync_mode)
+
+    def _weight_sync_mode(self, policy_device: str) -> str:
+        r = self.cfg.rollout
+        on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine == "hf"
+        if r.weight_sync == "nccl" and not on_gpu:
+            raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs "
+                             "(actor.gpus_per_worker, rollout.gpus_per_worker > 0)")
+        if r.weight_sync == "auto":
+            return "nccl" if on_gpu else "object_store"
+        return r.weight_sync
 
     def sync_weights(self) -> float:
-        """Policy rank 0 gathers the full state dict; rollout workers load it from the object store."""
-        t0 = time.perf_counter()
-        refs = [w.full_state_dict.remote() for w in self.policy.workers]  # a collective: every rank
-        self.rollout.load_weights(refs[0])
+        """Push the policy's weights to the rollout workers; returns seconds.
+
+        object_store: policy rank 0 gathers the full state dict on the host and the rollout
+        workers read it from Ray's object store. nccl: bucketed broadcast from policy rank 0.
+        """
         import ray
 
-        ray.get(refs[1:])
+        t0 = time.perf_counter()
+        if self.sync_mode == "nccl":
+            ray.get([w.send_weights.remote(self.cfg.model.dtype) for w in self.policy.workers]
+                    + [w.receive_weights.remote() for w in self.rollout.workers])
+        else:
+            refs = [w.full_state_dict.remote() for w in self.policy.workers]  # a collective: every rank
+            self.rollout.load_weights(refs[0])
+            ray.get(refs[1:])
         return time.perf_counter() - t0
 
     def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:

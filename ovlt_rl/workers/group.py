@@ -118,6 +118,14 @@ class PolicyGroup:
         assert len(shares) == self.world_size
         return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shares)])
 
+    def free_port(self) -> tuple[str, int]:
+        """Address of rank 0's node and a free port there (for a rendezvous hosted by rank 0)."""
+        return ray.get(
+            _address_and_port.options(
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
+            ).remote()
+        )
+
     def shutdown(self) -> None:
         # Kill rather than ask: after a failure another rank may be blocked in a collective and
         # would never answer. The processes' exit tears the process group down.

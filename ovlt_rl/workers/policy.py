@@ -271,6 +271,19 @@ class PolicyWorker:
         # Names are the HF model's, under the root wrapper's `model.` prefix.
         return {k[len("model.") :]: v for k, v in sd.items()}
 
+    def init_weight_sync(self, host: str, port: int, world_size: int) -> None:
+        """Policy rank 0 joins the NCCL sync group as its rank 0; other ranks only take part in the all-gathers."""
+        from ovlt_rl.workers.weight_sync import init_sync_group
+
+        self.sync_pg = init_sync_group(host, port, 0, world_size, self.device) if self.rank == 0 else None
+
+    def send_weights(self, dtype_name: str) -> int:
+        """Broadcast the full weights to the rollout workers (a collective over the FSDP group too)."""
+        from ovlt_rl.workers.weight_sync import send_weights
+
+        dtype = resolve_dtype(dtype_name, self.device)
+        return send_weights(self.sync_pg, self.policy.model, self.rank, dtype, self.device)
+
     def save_hf(self, out_dir: str) -> str | None:
         """Write the model in HF format (rank 0 writes; collective)."""
         sd = self.full_state_dict()

@@ -25,6 +25,17 @@ class RolloutWorker:
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> int:
         return self.engine.load_state_dict(state_dict)
 
+    def init_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
+        from ovlt_rl.workers.weight_sync import init_sync_group
+
+        self.sync_pg = init_sync_group(host, port, rank, world_size, self.device)
+
+    def receive_weights(self) -> int:
+        from ovlt_rl.workers.weight_sync import receive_weights
+
+        model = self.engine.model
+        return receive_weights(self.sync_pg, model, next(model.parameters()).dtype, self.device)
+
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return self.engine.compute_logprobs(prompts, responses)
 
