@@ -17,6 +17,10 @@
 #   --submission-id ID    name the job (default: ovlt-COMMAND-DATE-RANDOM)
 #   --runtime-env FILE    default: cluster/runtime_env.yaml
 #   --entrypoint-num-gpus N   GPUs reserved for the driver itself (default 0: workers hold them)
+#   --chdir DIR           run the command in DIR (default: $OVLT_JOB_DIR if set), e.g. a checkout
+#                         on shared storage, so that relative paths in recipes (outputs/...,
+#                         data/...) resolve there and not in Ray's temporary copy of the repo;
+#                         the code still comes from the uploaded copy
 #
 # Exit status: 0 if the job SUCCEEDED (or was submitted, with --no-wait), 1 if it failed.
 # The command's words go to Ray as separate arguments; Ray quotes each one for the job's shell.
@@ -28,6 +32,7 @@ usage() { sed -n '2,24p' "$0" >&2; exit 2; }
 address="$(ovlt_dashboard_address)"
 runtime_env="$OVLT_REPO/cluster/runtime_env.yaml"
 submission_id=""
+chdir="${OVLT_JOB_DIR:-}"
 job_opts=()
 cmd=()
 while [[ $# -gt 0 ]]; do
@@ -37,6 +42,7 @@ while [[ $# -gt 0 ]]; do
         --submission-id) submission_id="$2"; shift 2 ;;
         --runtime-env) runtime_env="$2"; shift 2 ;;
         --entrypoint-num-gpus) job_opts+=(--entrypoint-num-gpus "$2"); shift 2 ;;
+        --chdir) chdir="$2"; shift 2 ;;
         -h|--help) usage ;;
         --) shift; cmd=("$@"); break ;;
         -*) echo "error: unknown option $1" >&2; usage ;;
@@ -82,6 +88,10 @@ if [[ "${cmd[0]}" == "ovlt" ]]; then
     fi
 fi
 if [[ -n "$submission_id" ]]; then job_opts+=(--submission-id "$submission_id"); fi
+if [[ -n "$chdir" ]]; then
+    # Ray prepends the uploaded copy to PYTHONPATH, so `python -m ovlt_rl.cli` still finds it.
+    cmd=(sh -c 'cd "$0" && exec "$@"' "$chdir" "${cmd[@]}")
+fi
 
 ovlt_require_token
 cd "$OVLT_REPO"

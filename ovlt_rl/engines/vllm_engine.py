@@ -216,7 +216,7 @@ class VLLMEngine:
             enable_prefix_caching=r.enable_prefix_caching,
             limit_mm_per_prompt={"image": r.limit_images_per_prompt},
             mm_processor_kwargs={"min_pixels": d.min_pixels, "max_pixels": d.max_pixels},
-            max_model_len=d.max_prompt_length + d.max_response_length,
+            max_model_len=d.max_prompt_length + d.max_response_length + 1,  # +1: compute_logprobs samples one token
             seed=r.seed,
             logprobs_mode="processed_logprobs",  # after temperature/top-p: the sampling distribution
             worker_extension_cls=EXTENSION,

@@ -144,7 +144,9 @@ def data_dir(tmp_path_factory):
 
 
 def _grpo_overrides(data: Path, out: Path) -> list[str]:
-    """The tiny GRPO cut to 2 short steps (absolute paths: the job runs in an uploaded copy of the repo)."""
+    """The tiny GRPO cut to 2 short steps. The job runs in Ray's copy of the repo: give absolute
+    paths, or data paths relative to submit.sh's --chdir (the driver reads the data; the output dir
+    must be absolute because the policy actors write into it from their own working dir)."""
     return [
         "model.path=tiny", f"data.synthetic_dir={data}",
         f"data.train_files=[{data}/rl.parquet]", f"data.val_files=[{data}/val.parquet]",
@@ -168,9 +170,12 @@ def _job_status(cluster, submission_id: str) -> tuple[str, str]:
 
 
 def test_grpo_job_succeeds_and_writes_outputs(cluster, data_dir, tmp_path):
+    # --chdir: the data paths are relative to the data's parent folder, not to Ray's repo copy.
     out = tmp_path / "grpo"
     sid = f"test-grpo-{int(time.time())}"
-    res = _submit(cluster, ["--submission-id", sid, "--", "ovlt", "grpo", "recipe=tiny", *_grpo_overrides(data_dir, out)], 240)
+    args = ["--submission-id", sid, "--chdir", str(data_dir.parent), "--", "ovlt", "grpo", "recipe=tiny",
+            *_grpo_overrides(Path(data_dir.name), out)]
+    res = _submit(cluster, args, 240)
     status, logs = _job_status(cluster, sid)
     assert res.returncode == 0 and status == "SUCCEEDED", f"{status}\n{logs[-6000:]}\n{res.stderr[-2000:]}"
     # The entrypoint ran the uploaded repo through `python -m ovlt_rl.cli`, not an installed script.
