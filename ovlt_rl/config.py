@@ -47,8 +47,10 @@ class DataConfig:
     """Parquet files of training rows (RL prompts for grpo, prompt+response for sft)."""
     val_files: list[str] = field(default_factory=list)
     """Parquet files of held-out prompts for validation accuracy."""
-    synthetic_dir: str = ""
-    """If set and a file above is missing, generate the synthetic task there first (tiny recipes)."""
+    prepare_recipe: str = ""
+    """If set and a file above is missing, run `ovlt prepare` with this recipe into `prepare_dir` first (tiny recipes)."""
+    prepare_dir: str = ""
+    """Output folder of that data preparation (where the files above are expected)."""
     prompt_suffix: str = ""
     """Text appended to the last user turn (the paper's "You FIRST think ..." instruction)."""
     min_pixels: int = 3136

@@ -42,6 +42,7 @@ class Run:
         from ovlt_rl.models.loading import load_processor, resolve_model_path
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        absolute_paths(cfg)
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.trainer.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -114,23 +115,37 @@ class Run:
 
 
 def ensure_data(cfg: Config) -> None:
-    """Tiny recipes name `data.synthetic_dir`: if their files are missing, make them first with the
-    data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into that folder."""
+    """Tiny recipes name `data.prepare_recipe`: if their files are missing, make them first with the
+    data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into `data.prepare_dir`."""
     files = list(cfg.data.train_files) + list(cfg.data.val_files)
     missing = [f for f in files if not Path(f).is_file()]
     if not missing:
         return
-    if not cfg.data.synthetic_dir:
+    if not cfg.data.prepare_recipe:
         raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
-    from dataclasses import replace
-
     from data_prep.pipeline import run_prepare
+    from ovlt_rl.config import load_config
 
-    log.info("data files missing (%s): preparing the embedded default data in %s", ", ".join(missing), cfg.data.synthetic_dir)
-    run_prepare(replace(cfg, prepare=replace(cfg.prepare, output_dir=cfg.data.synthetic_dir)))
+    out = cfg.data.prepare_dir or str(Path(missing[0]).parent)
+    log.info("data files missing (%s): running `ovlt prepare recipe=%s` into %s", ", ".join(missing), cfg.data.prepare_recipe, out)
+    run_prepare(load_config("prepare", [f"recipe={cfg.data.prepare_recipe}", f"prepare.output_dir={out}"]))
     still = [f for f in files if not Path(f).is_file()]
     if still:
-        raise FileNotFoundError(f"data preparation in {cfg.data.synthetic_dir} did not produce {', '.join(still)}")
+        raise FileNotFoundError(f"data preparation in {out} did not produce {', '.join(still)}")
+
+
+def absolute_paths(cfg: Config) -> None:
+    """Make every path of the run absolute, so that Ray workers (whose working folder may differ,
+    e.g. a job's copy of the repo) read and write the same places as the driver."""
+    def fix(p: str) -> str:
+        return str(Path(p).expanduser().resolve()) if p else p
+
+    cfg.trainer.output_dir = fix(cfg.trainer.output_dir)
+    cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
+    cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
+    cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
+    if cfg.model.path != "tiny":
+        cfg.model.path = fix(cfg.model.path)
 
 
 def split_for_ranks(samples: list[Any], world: int) -> list[list[Any]]:

@@ -34,8 +34,35 @@ _ACTOR_ENV = {
 }
 
 
+# A local run keeps every connection on loopback. Ray otherwise rewrites a 127.0.0.1 node address
+# to the machine's network address, its dashboard modules probe cloud metadata servers and post a
+# usage notice at start-up even with usage stats off (HTTP(S) goes to a closed loopback port here;
+# loopback itself bypasses the proxy), and gloo/NCCL bind the interface of the host name.
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
+    "http_proxy": "http://127.0.0.1:9",
+    "https_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "NCCL_SOCKET_IFNAME": "lo",
+}
+
+_local = False
+
+
+def is_local() -> bool:
+    """True when this driver started its own Ray on loopback (no cluster address)."""
+    return _local
+
+
 def init_ray(cfg: Config, num_cpus_needed: int) -> None:
     """Start or join Ray. Local runs stay on loopback (127.0.0.1) and report nothing outside."""
+    global _local
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -43,13 +70,16 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
     for key in ("OVLT_CACHE", "PYTHONPATH", "HF_HUB_OFFLINE", "OVLT_TORCH_THREADS"):
         if key in os.environ:
             env[key] = os.environ[key]
-    runtime_env = {"env_vars": env}
     address = cfg.trainer.ray_address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        # In a `ray job submit` job the job's runtime env already sets these; repeating them conflicts.
+        env = {k: v for k, v in env.items() if k not in os.environ}
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
-    # Without this, Ray rewrites the node address to the machine's network address.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    _local = True
+    os.environ.update(LOOPBACK_ENV)  # inherited by the Ray processes this driver starts
+    env.update(LOOPBACK_ENV)
+    runtime_env = {"env_vars": env}
     num_cpus = cfg.trainer.ray_num_cpus or max(os.cpu_count() or 1, num_cpus_needed)
     ray.init(
         num_cpus=num_cpus,
@@ -76,9 +106,9 @@ def _placement(n: int, gpus: float, name: str):
 
 
 @ray.remote(num_cpus=0)
-def _address_and_port() -> tuple[str, int]:
+def _address_and_port(local: bool) -> tuple[str, int]:
     """The node address of this bundle and a free TCP port on it (for the torch.distributed rendezvous)."""
-    addr = ray.util.get_node_ip_address()
+    addr = "127.0.0.1" if local else ray.util.get_node_ip_address()
     with socket.socket() as s:
         s.bind((addr, 0))
         return addr, s.getsockname()[1]
@@ -95,7 +125,7 @@ class PolicyGroup:
         addr, port = ray.get(
             _address_and_port.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
-            ).remote()
+            ).remote(is_local())
         )
         remote_cls = ray.remote(PolicyWorker)
         self.workers = [
@@ -123,7 +153,7 @@ class PolicyGroup:
         return ray.get(
             _address_and_port.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
-            ).remote()
+            ).remote(is_local())
         )
 
     def shutdown(self) -> None:

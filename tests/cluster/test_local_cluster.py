@@ -148,7 +148,7 @@ def _grpo_overrides(data: Path, out: Path) -> list[str]:
     paths, or data paths relative to submit.sh's --chdir (the driver reads the data; the output dir
     must be absolute because the policy actors write into it from their own working dir)."""
     return [
-        "model.path=tiny", f"data.synthetic_dir={data}",
+        "model.path=tiny", f"data.prepare_dir={data}",
         f"data.train_files=[{data}/rl.parquet]", f"data.val_files=[{data}/val.parquet]",
         "data.rollout_batch_size=4", "rollout.n=4", "actor.global_batch_size=16", "actor.micro_batch_size=4",
         "data.max_response_length=24", "data.max_val_samples=4", "trainer.total_steps=2",

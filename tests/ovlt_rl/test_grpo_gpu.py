@@ -17,7 +17,7 @@ def test_tiny_grpo_on_gpus(tmp_path, policy_gpus):
     out = tmp_path / "grpo"
     cmd = [
         sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny",
-        f"data.synthetic_dir={tmp_path / 'data'}",
+        f"data.prepare_dir={tmp_path / 'data'}",
         f"data.train_files=[{tmp_path / 'data' / 'rl.parquet'}]", f"data.val_files=[{tmp_path / 'data' / 'val.parquet'}]",
         f"actor.num_workers={policy_gpus}", "actor.gpus_per_worker=1", "rollout.gpus_per_worker=1",
         "rollout.weight_sync=nccl", "trainer.device=cuda", "trainer.total_steps=3", "trainer.val_every=3",

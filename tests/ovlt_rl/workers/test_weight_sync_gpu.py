@@ -37,7 +37,9 @@ def _run(rank, port, model_dir, q):
         n = send_weights(pg, model, 0, torch.bfloat16, dev, bucket_bytes=1 << 16)
     else:
         n = receive_weights(pg, model, torch.bfloat16, dev, bucket_bytes=1 << 16)
-    q.put((rank, n, {k: v.float().cpu() for k, v in model.state_dict().items()}))
+    # numpy arrays travel by value (torch tensors would be shared through file descriptors that
+    # vanish when this process exits)
+    q.put((rank, n, {k: v.float().cpu().numpy() for k, v in model.state_dict().items()}))
 
 
 @pytest.mark.gpu(n=2)
@@ -58,4 +60,4 @@ def test_nccl_broadcast_copies_every_weight():
     (n0, sd0), (n1, sd1) = out[0], out[1]
     assert n0 == n1 > 0
     for k in sd0:
-        assert torch.equal(sd0[k], sd1[k]), k
+        assert (sd0[k] == sd1[k]).all(), k
