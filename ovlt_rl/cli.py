@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-from ovlt_rl.config import ConfigError, load_config, to_yaml
+from ovlt_rl.config import ConfigError, load_config, to_yaml  # noqa: E402 (imports no Ray)
 
 # Shorthand keys, per command, and the tree fields they stand for.
 _ALIASES = {
@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
+    from ovlt_rl import loopback
+
+    loopback.apply(rest)  # before anything imports Ray
     try:
         return _dispatch(command, rest)
     except ConfigError as e:

@@ -34,23 +34,7 @@ _ACTOR_ENV = {
 }
 
 
-# A local run keeps every connection on loopback. Ray otherwise rewrites a 127.0.0.1 node address
-# to the machine's network address, its dashboard modules probe cloud metadata servers and post a
-# usage notice at start-up even with usage stats off (HTTP(S) goes to a closed loopback port here;
-# loopback itself bypasses the proxy), and gloo/NCCL bind the interface of the host name.
-LOOPBACK_ENV = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    "http_proxy": "http://127.0.0.1:9",
-    "https_proxy": "http://127.0.0.1:9",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "no_proxy": "127.0.0.1,localhost,::1",
-    "NO_PROXY": "127.0.0.1,localhost,::1",
-    "GLOO_SOCKET_IFNAME": "lo",
-    "NCCL_SOCKET_IFNAME": "lo",
-}
+from ovlt_rl.loopback import LOOPBACK_ENV
 
 _local = False
 
@@ -77,8 +61,15 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
         return
     _local = True
-    os.environ.update(LOOPBACK_ENV)  # inherited by the Ray processes this driver starts
-    env.update(LOOPBACK_ENV)
+    from ovlt_rl import loopback
+
+    loopback.apply([])  # inherited by the Ray processes this driver starts
+    env.update({k: os.environ[k] for k in LOOPBACK_ENV if k in os.environ})
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when it is imported; `ovlt` sets it before
+    # that, but a program that imported ray first still has the old value: correct it here.
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
     runtime_env = {"env_vars": env}
     num_cpus = cfg.trainer.ray_num_cpus or max(os.cpu_count() or 1, num_cpus_needed)
     ray.init(
@@ -89,6 +80,9 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != "127.0.0.1":
+        raise RuntimeError(f"local Ray came up on {node_ip}, not on loopback (127.0.0.1)")
 
 
 def _bundles(n: int, gpus: float) -> list[dict[str, float]]:
