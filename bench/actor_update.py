@@ -73,7 +73,7 @@ def make_samples(n: int, seed: int) -> list[dict]:
     return out
 
 
-def _rank(rank, world, port, samples_per_rank, micro, steps, q):
+def _rank(rank, world, port, samples_per_rank, micro, steps, q, extra=()):
     from ovlt_rl.config import load_config
     from ovlt_rl.workers.policy import PolicyWorker
 
@@ -86,7 +86,7 @@ def _rank(rank, world, port, samples_per_rank, micro, steps, q):
         f"model.path={MODEL_DIR}", "model.gradient_checkpointing=true", "model.dtype=bf16", "trainer.device=cuda",
         "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false", "reference.enabled=false",
         f"actor.micro_batch_size={micro}", f"actor.global_batch_size={samples_per_rank * world}", "rollout.n=1",
-        f"data.rollout_batch_size={samples_per_rank * world}", "actor.lr=1e-6",
+        f"data.rollout_batch_size={samples_per_rank * world}", "actor.lr=1e-6", *extra,
     ])
     w = PolicyWorker(cfg, MODEL_DIR, rank, world, "127.0.0.1", port)
     w.setup(total_opt_steps=100)
@@ -114,13 +114,13 @@ def _rank(rank, world, port, samples_per_rank, micro, steps, q):
     dist.destroy_process_group()
 
 
-def run_ours(world: int, samples_per_rank: int, micro: int, steps: int) -> dict:
+def run_ours(world: int, samples_per_rank: int, micro: int, steps: int, extra: tuple = ()) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, samples_per_rank, micro, steps, q)) for r in range(world)]
+    procs = [ctx.Process(target=_rank, args=(r, world, port, samples_per_rank, micro, steps, q, extra)) for r in range(world)]
     for p in procs:
         p.start()
     res = q.get(timeout=1500)
@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--samples-per-rank", type=int, default=8)
     ap.add_argument("--micro", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--no-reshard", action="store_true", help="actor.reshard_after_forward=false")
     args = ap.parse_args()
     from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401 (fail early)
 
@@ -198,15 +199,17 @@ def main() -> None:
         if world > torch.cuda.device_count():
             print(f"skipping {world} GPUs: only {torch.cuda.device_count()} visible")
             continue
-        res = run_ours(world, args.samples_per_rank, args.micro, args.steps)
+        extra = ("actor.reshard_after_forward=false",) if args.no_reshard else ()
+        res = run_ours(world, args.samples_per_rank, args.micro, args.steps, extra)
         secs = statistics.median(res["times"])
         tps = res["tokens"] / secs / world
         mfu = 6 * n_params * res["tokens"] / secs / (PEAK_BF16_TFLOPS * 1e12 * world)
-        rows.append({"run": f"ovlt: FSDP2 GRPO update + AdamW", "gpus": world, "tokens/s/GPU": tps, "MFU": mfu, "peak GiB": res["peak_gib"]})
+        rows.append({"run": "ovlt: FSDP2 GRPO update + AdamW" + (" (no reshard)" if args.no_reshard else ""), "gpus": world, "tokens/s/GPU": tps, "MFU": mfu, "peak GiB": res["peak_gib"]})
         record("actor_update", n_gpu=world,
                config={"model": "Qwen2.5-VL-7B-shaped", "params": n_params, "samples_per_rank": args.samples_per_rank,
                        "micro_batch": args.micro, "prompt_tokens": PROMPT_TOKENS, "image_grid": IMAGE_GRID,
-                       "response_tokens": "uniform 100-2048", "gradient_checkpointing": True, "dtype": "bf16 compute, fp32 master"},
+                       "response_tokens": "uniform 100-2048", "gradient_checkpointing": True,
+                       "reshard_after_forward": not args.no_reshard, "dtype": "bf16 compute, fp32 master"},
                figures={"mfu": mfu, "tokens_per_s_per_gpu": tps, "seconds_per_update": secs, "peak_gib": res["peak_gib"],
                         "tokens_per_update": res["tokens"]},
                baseline={"name": "transformers forward+backward, padded, 1 GPU, no optimizer", "mfu": b_mfu,

@@ -142,6 +142,9 @@ class ActorConfig:
     kl_type: str = "low_var_kl"
     """"k1", "k2"/"mse", "k3"/"low_var_kl"."""
     entropy_coef: float = 0.0
+    reshard_after_forward: bool = True
+    """FSDP2: free gathered parameters after each forward (less memory) or keep them for the
+    backward (one all-gather less per layer and micro-batch)."""
     max_nonfinite_in_a_row: int = 3
     """Stop after this many consecutive updates with a non-finite loss or grad norm (each is skipped)."""
 

@@ -34,8 +34,8 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Any], with_entropy: bool = False):
-        return token_logprobs(self.model, batch, with_entropy=with_entropy)
+    def forward(self, batch: dict[str, Any], with_entropy: bool = False, entropy_grad: bool = False):
+        return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -106,7 +106,7 @@ class PolicyWorker:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         self.hf_config = model.config
-        self.policy = shard_model(model, mp_dtype=mp)
+        self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=cfg.actor.reshard_after_forward)
         self.policy.train()
 
         self.ref = None
@@ -193,10 +193,12 @@ class PolicyWorker:
         sums: dict[str, float] = {}
         n_micro = 0
         t0 = time.perf_counter()
+        # Micro-batches of similar lengths pad less; the sum of gradients doesn't depend on the order.
+        samples = sorted(samples, key=lambda smp: len(smp["input_ids"]))
         for s in range(0, len(samples), a.micro_batch_size):
             chunk = samples[s : s + a.micro_batch_size]
             batch = self._to_device(build_batch(chunk, self._pad_id(), per_token_keys=keys))
-            logp, ent = self.policy(batch, with_entropy=True)
+            logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef))
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
             pg, m = policy_loss(
@@ -232,6 +234,7 @@ class PolicyWorker:
         scale = self.world / denominator
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
+        samples = sorted(samples, key=lambda smp: len(smp["input_ids"]))  # less padding, same gradient
         for s in range(0, len(samples), a.micro_batch_size):
             batch = self._to_device(build_batch(samples[s : s + a.micro_batch_size], self._pad_id()))
             logp, _ = self.policy(batch)

@@ -106,23 +106,31 @@ def head_logprobs(
     labels: torch.Tensor,
     *,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(label) (and entropy) for N rows of hidden states [N, H], in chunks of rows."""
+    """log p(label) (and entropy) for N rows of hidden states [N, H], in chunks of rows.
+
+    The entropy joins the autograd graph only with `entropy_grad` (an entropy bonus); as a metric
+    it is computed without one, which would otherwise keep a second [chunk, vocab] tensor per chunk.
+    """
     lps, ents = [], []
     for s in range(0, hidden.shape[0], chunk_size):
         logits = lm_head(hidden[s : s + chunk_size]).float()
         logp = torch.log_softmax(logits, dim=-1)
         lps.append(logp.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1))
         if with_entropy:
-            ents.append(-(logp.exp() * logp).sum(-1))
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                lp_e = logp if entropy_grad else logp.detach()
+                ents.append(-(lp_e.exp() * lp_e).sum(-1))
     lp = torch.cat(lps) if lps else hidden.new_zeros(0)
     ent = (torch.cat(ents) if ents else hidden.new_zeros(0)) if with_entropy else None
     return lp, ent
 
 
 def token_logprobs(
-    model: torch.nn.Module, batch: dict[str, Any], *, with_entropy: bool = False, chunk_size: int = 1024
+    model: torch.nn.Module, batch: dict[str, Any], *, with_entropy: bool = False, entropy_grad: bool = False,
+    chunk_size: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [B, L] of the batch's own tokens where loss_mask is 1 (0 elsewhere).
 
@@ -137,7 +145,7 @@ def token_logprobs(
     h = hidden[pred_pos]
     labels = batch["input_ids"][mask]
     _, lm_head = _model_parts(model)
-    lp, ent = head_logprobs(lm_head, h, labels, with_entropy=with_entropy, chunk_size=chunk_size)
+    lp, ent = head_logprobs(lm_head, h, labels, with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_size=chunk_size)
     out = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
     out[mask] = lp
     ent_out = None
