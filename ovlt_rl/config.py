@@ -69,6 +69,8 @@ class DataConfig:
     """Use at most this many validation prompts (0: all)."""
     shuffle: bool = True
     """Shuffle training rows each epoch (seeded by trainer.seed + epoch)."""
+    val_loss_fraction: float = 0.0
+    """sft: hold out this fraction of the training rows (the last ones) for a validation loss."""
     max_bad_fraction: float = 0.1
     """Stop with an error if more than this fraction of rows is unusable (corrupt image, no answer, too long)."""
 
@@ -282,6 +284,7 @@ def validate(cfg: Config, command: str) -> None:
     _check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
     _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
     _check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
+    _check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
     _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
     _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")

@@ -443,6 +443,22 @@ def _logprob_agreement(run: Run, prompts: list[dict], responses: list[list[int]]
 # SFT
 
 
+def _val_loss(run: Run, samples: list[dict]) -> float:
+    """Token-mean NLL of held-out SFT samples (each rank scores its share)."""
+    world = run.policy.world_size
+    # Every rank needs the same number of forwards (FSDP collectives): pad the shares with repeats.
+    shares = split_for_ranks(samples, world)
+    longest = max(len(s) for s in shares)
+    weights = [[1.0] * len(s) + [0.0] * (longest - len(s)) for s in shares]
+    shares = [s + [s[0]] * (longest - len(s)) if s else [samples[0]] * longest for s in shares]
+    total = count = 0.0
+    for share, w, (nll, n) in zip(shares, weights, run.policy.call_split("eval_nll_per_sample", shares)):
+        for wi, (a, b) in zip(w, zip(nll, n)):
+            total += wi * a
+            count += wi * b
+    return total / max(1.0, count)
+
+
 def run_sft(cfg: Config) -> Path:
     import reward
     from ovlt_rl.data.loader import EpochIterator
@@ -452,8 +468,12 @@ def run_sft(cfg: Config) -> Path:
     run = Run(cfg, "sft")
     train, val = _open_datasets(cfg, run.processor, sft=True)
     a = cfg.actor
-    total_steps = _total_steps(cfg, len(train), a.global_batch_size)
-    sampler = EpochIterator(len(train), a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
+    # Held-out rows for the validation loss: the last ones, never trained on.
+    n_loss = int(len(train) * cfg.data.val_loss_fraction)
+    n_train = len(train) - n_loss
+    loss_rows = list(range(n_train, len(train)))
+    total_steps = _total_steps(cfg, n_train, a.global_batch_size)
+    sampler = EpochIterator(n_train, a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
     # Validation accuracy needs generation: one rollout worker receives the weights at validation.
     with_val = val is not None and (cfg.trainer.val_every > 0 or cfg.trainer.val_before_train)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
@@ -493,6 +513,8 @@ def run_sft(cfg: Config) -> Path:
                 "throughput/tokens_per_s": sum(int(len(s["input_ids"])) for s in samples) / step_s,
                 "timing/step_s": step_s,
             }
+            if loss_rows and _is_step(step, cfg.trainer.val_every, total_steps):
+                metrics["val/loss"] = _val_loss(run, [sft_sample(train[i]) for i in loss_rows])
             if with_val and _is_step(step, cfg.trainer.val_every, total_steps):
                 run.sync_weights()
                 metrics.update(validate(run, val, step, reward_fn))

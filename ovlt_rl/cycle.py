@@ -124,7 +124,7 @@ def run_cycle(cfg: Config) -> Path:
             f"model.path={c.base_model}",
             f"data.train_files=[{data_dir / 'sft.parquet'}]",
             f"data.val_files=[{data_dir / 'val.parquet'}]",
-            "data.prepare_recipe=",
+            "data.prepare_recipe=''",
             f"trainer.output_dir={sft_dir}",
             "trainer.val_before_train=true" if i == 1 else "trainer.val_before_train=false",
             *common,
@@ -141,7 +141,7 @@ def run_cycle(cfg: Config) -> Path:
             f"model.path={sft_dir / 'hf'}",
             f"data.train_files=[{data_dir / 'rl.parquet'}]",
             f"data.val_files=[{data_dir / 'val.parquet'}]",
-            "data.prepare_recipe=",
+            "data.prepare_recipe=''",
             f"trainer.output_dir={grpo_dir}",
             *common,
         ])

@@ -251,16 +251,16 @@ class PolicyWorker:
         return sums
 
     @torch.no_grad()
-    def eval_nll(self, samples: list[dict[str, Any]]) -> tuple[float, float]:
-        """(sum of token NLL, token count) of this rank's share, for validation loss."""
+    def eval_nll_per_sample(self, samples: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        """Per sample: (sum of token NLL over its loss mask, token count), for the validation loss."""
         lps = self.compute_logprobs(samples, "policy", self.cfg.actor.micro_batch_size)
-        total, count = 0.0, 0.0
+        sums, counts = [], []
         for lp, s in zip(lps, samples):
             m = s["loss_mask"].bool().clone()
             m[0] = False
-            total += float(-(lp[m]).sum())
-            count += float(m.sum())
-        return total, count
+            sums.append(float(-(lp[m]).sum()))
+            counts.append(float(m.sum()))
+        return sums, counts
 
     # -- weights and checkpoints -------------------------------------------------------------------
 

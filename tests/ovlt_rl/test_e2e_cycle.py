@@ -32,11 +32,12 @@ OVERRIDES = [
     "trainer.val_every=2",
     "trainer.save_every=1",
     "trainer.loggers=[jsonl]",
+    "data.val_loss_fraction=0.1",
 ]
 
 
 def _cmd(out: Path) -> list[str]:
-    stages = "[" + ",".join(OVERRIDES + ["trainer.total_steps=4"]) + "]"
+    stages = "[" + ",".join(f"'{o}'" for o in OVERRIDES + ["trainer.total_steps=4"]) + "]"
     return [sys.executable, "-m", "ovlt_rl.cli", "cycle", "recipe=tiny", "cycle.iterations=1",
             f"trainer.output_dir={out}", f"cycle.stage_overrides={stages}"]
 
@@ -60,7 +61,10 @@ def test_cycle_survives_sigkill_during_grpo(tmp_path):
             assert time.time() < deadline, "timed out waiting for the GRPO checkpoint"
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+        except ProcessLookupError:
+            pass
         proc.wait()
     sft_marker = out / "sft-1" / "stage.json"
     assert sft_marker.exists() and not (out / "grpo-1" / "stage.json").exists()
@@ -89,6 +93,9 @@ def test_cycle_survives_sigkill_during_grpo(tmp_path):
     expected = [next(it) for _ in range(4)]
     got = [m["data/indices"] for m in metrics if m["step"] > 0]
     assert got == expected
+    # SFT reported a held-out validation loss at its last step.
+    sft_metrics = [json.loads(l) for l in (out / "sft-1" / "metrics.jsonl").read_text().splitlines()]
+    assert sft_metrics[-1]["val/loss"] > 0 and "val/accuracy" in sft_metrics[-1]
     # The report exists and names the stages.
     report = json.loads((out / "cycle_report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["sft-1", "grpo-1"]
