@@ -221,7 +221,11 @@ class CycleConfig:
     grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])
     """GRPO recipe per iteration (the last one repeats)."""
     stage_overrides: list[str] = field(default_factory=list)
-    """key=value overrides applied to every stage (e.g. trainer.device=cpu)."""
+    """key=value overrides applied to every stage (e.g. trainer.device=cuda)."""
+    sft_overrides: list[str] = field(default_factory=list)
+    """key=value overrides for the SFT stages only (after stage_overrides)."""
+    grpo_overrides: list[str] = field(default_factory=list)
+    """key=value overrides for the GRPO stages only (after stage_overrides)."""
 
 
 @dataclass

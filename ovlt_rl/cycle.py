@@ -128,6 +128,7 @@ def run_cycle(cfg: Config) -> Path:
             f"trainer.output_dir={sft_dir}",
             "trainer.val_before_train=true" if i == 1 else "trainer.val_before_train=false",
             *common,
+            *c.sft_overrides,
         ])
         cyc.stage(f"sft-{i}", "sft", sft_cfg, run_sft, inputs={"model": c.base_model, "data": str(data_dir / "sft.parquet")},
                   outputs={"model": str(sft_dir / "hf")})
@@ -144,6 +145,7 @@ def run_cycle(cfg: Config) -> Path:
             "data.prepare_recipe=''",
             f"trainer.output_dir={grpo_dir}",
             *common,
+            *c.grpo_overrides,
         ])
         cyc.stage(f"grpo-{i}", "grpo", grpo_cfg, run_grpo, inputs={"model": str(sft_dir / "hf"), "data": str(data_dir / "rl.parquet")},
                   outputs={"model": str(grpo_dir / "hf")})
