@@ -15,8 +15,6 @@ worth of samples, each split into micro-batches of `actor.micro_batch_size` samp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
 from omegaconf import MISSING  # noqa: F401  (re-exported for recipes that need it)
 
 # Sections owned by their packages, composed into the one tree here.
@@ -351,7 +349,7 @@ def register_with_hydra() -> None:
         cs.store(group=name, name="default", node=globals()[typ] if isinstance(typ, str) else typ)
 
 
-def resolve_recipe(name: str, command: str) -> "Path":
+def resolve_recipe(name: str, command: str):
     """Find the YAML of `recipe=NAME` for `command`.
 
     Tried in order: NAME as a path to a .yaml file; recipes/NAME.yaml; recipes/NAME/COMMAND.yaml.

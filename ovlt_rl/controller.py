@@ -104,6 +104,31 @@ class Run:
             ray.get(refs[1:])
         return time.perf_counter() - t0
 
+    def resume(self, sampler) -> tuple[int, int]:
+        """Load the last committed checkpoint, if any: (step to continue after, non-finite streak)."""
+        if not self.resume_from:
+            return 0, 0
+        step, path = self.resume_from
+        state = self.ckpt.driver_state(path)
+        self.policy.call("load_checkpoint", str(path))
+        sampler.load_state_dict(state["sampler"])
+        if self.rollout is not None:
+            self.sync_weights()
+        log.info("resumed from %s (step %d)", path, step)
+        return step, state["nonfinite_in_a_row"]
+
+    def tracker(self, total_steps: int, start_step: int, desc: str):
+        from ovlt_rl.tracking import Tracker
+
+        t = self.cfg.trainer
+        return Tracker(list(t.loggers), self.out, total_steps=total_steps, start_step=start_step,
+                       project=t.project, experiment=t.experiment, config=asdict(self.cfg), desc=desc)
+
+    def save_final_model(self, tracker) -> None:
+        if self.cfg.trainer.save_hf:
+            self.policy.call("save_hf", str(self.out / "hf"))
+            tracker.write(f"model: {self.out / 'hf'}")
+
     def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:
         return self.ckpt.save(step, lambda d: self.policy.call("save_checkpoint", d), driver_state)
 
@@ -238,7 +263,6 @@ def run_grpo(cfg: Config) -> Path:
     import reward
     from ovlt_rl.algos import dynamic_sampling_keep, grpo_advantages, loss_denominator, rewards_tensor
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.tracking import Tracker
     from ovlt_rl.workers.sequences import make_sample
 
     run = Run(cfg, "grpo")
@@ -250,17 +274,8 @@ def run_grpo(cfg: Config) -> Path:
 
     reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers)
     run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
-    start_step, nonfinite_in_a_row = 0, 0
-    if run.resume_from:
-        start_step, path = run.resume_from
-        state = run.ckpt.driver_state(path)
-        run.policy.call("load_checkpoint", str(path))
-        sampler.load_state_dict(state["sampler"])
-        nonfinite_in_a_row = state["nonfinite_in_a_row"]
-        run.sync_weights()
-        log.info("resumed from %s (step %d)", path, start_step)
-    tracker = Tracker(list(cfg.trainer.loggers), run.out, total_steps=total_steps, start_step=start_step,
-                      project=cfg.trainer.project, experiment=cfg.trainer.experiment, config=asdict(cfg), desc="grpo")
+    start_step, nonfinite_in_a_row = run.resume(sampler)
+    tracker = run.tracker(total_steps, start_step, "grpo")
     try:
         if start_step == 0 and val is not None and cfg.trainer.val_before_train:
             m = validate(run, val, 0, reward_fn)
@@ -274,7 +289,6 @@ def run_grpo(cfg: Config) -> Path:
 
             # 1-3. prompts -> grouped rollouts -> rewards (refilled if dynamic sampling drops groups)
             prompts, groups, scores = [], [], []
-            parts: dict[str, list] = {}
             none_reasons: dict[str, int] = {}
             indices: list[int] = []
             for round_ in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
@@ -414,9 +428,7 @@ def run_grpo(cfg: Config) -> Path:
             if _is_step(step, cfg.trainer.save_every, total_steps):
                 run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
 
-        if cfg.trainer.save_hf:
-            run.policy.call("save_hf", str(run.out / "hf"))
-            tracker.write(f"model: {run.out / 'hf'}")
+        run.save_final_model(tracker)
     finally:
         tracker.close()
         reward_fn.close()
@@ -462,7 +474,6 @@ def _val_loss(run: Run, samples: list[dict]) -> float:
 def run_sft(cfg: Config) -> Path:
     import reward
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.tracking import Tracker
     from ovlt_rl.workers.sequences import sft_sample
 
     run = Run(cfg, "sft")
@@ -478,16 +489,8 @@ def run_sft(cfg: Config) -> Path:
     with_val = val is not None and (cfg.trainer.val_every > 0 or cfg.trainer.val_before_train)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
     reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) if with_val else None
-    start_step, nonfinite_in_a_row = 0, 0
-    if run.resume_from:
-        start_step, path = run.resume_from
-        state = run.ckpt.driver_state(path)
-        run.policy.call("load_checkpoint", str(path))
-        sampler.load_state_dict(state["sampler"])
-        nonfinite_in_a_row = state["nonfinite_in_a_row"]
-        log.info("resumed from %s (step %d)", path, start_step)
-    tracker = Tracker(list(cfg.trainer.loggers), run.out, total_steps=total_steps, start_step=start_step,
-                      project=cfg.trainer.project, experiment=cfg.trainer.experiment, config=asdict(cfg), desc="sft")
+    start_step, nonfinite_in_a_row = run.resume(sampler)
+    tracker = run.tracker(total_steps, start_step, "sft")
     world = run.policy.world_size
     try:
         if start_step == 0 and with_val and cfg.trainer.val_before_train:
@@ -522,9 +525,7 @@ def run_sft(cfg: Config) -> Path:
             tracker.advance()
             if _is_step(step, cfg.trainer.save_every, total_steps):
                 run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
-        if cfg.trainer.save_hf:
-            run.policy.call("save_hf", str(run.out / "hf"))
-            tracker.write(f"model: {run.out / 'hf'}")
+        run.save_final_model(tracker)
     finally:
         tracker.close()
         if reward_fn is not None:

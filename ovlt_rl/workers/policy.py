@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ovlt_rl.algos import kl_loss, loss_denominator, masked_nll, policy_loss
+from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import Config
 from ovlt_rl.workers.sequences import build_batch, token_logprobs
 
