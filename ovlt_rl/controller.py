@@ -226,6 +226,23 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     return metrics
 
 
+class _Cached:
+    """A dataset whose encoded items are kept after their first use: items are deterministic
+    (no augmentation), and re-running the processor on every epoch dominated small-model steps."""
+
+    def __init__(self, dataset):
+        self.dataset, self._items = dataset, {}
+        self.skipped = dataset.skipped
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        if i not in self._items:
+            self._items[i] = self.dataset[i]
+        return self._items[i]
+
+
 def _open_datasets(cfg: Config, processor, *, sft: bool):
     from ovlt_rl.data.dataset import PromptDataset, SFTDataset
 
@@ -239,7 +256,7 @@ def _open_datasets(cfg: Config, processor, *, sft: bool):
     for name, ds in (("train", train), ("val", val)):
         if ds is not None and sum(ds.skipped.values()):
             log.warning("%s data: skipped %s", name, dict(ds.skipped))
-    return train, val
+    return _Cached(train), (_Cached(val) if val is not None else None)
 
 
 def _total_steps(cfg: Config, n_rows: int, per_step: int) -> int:
