@@ -503,7 +503,7 @@ def run_sft(cfg: Config) -> Path:
     total_steps = _total_steps(cfg, n_train, a.global_batch_size)
     sampler = EpochIterator(n_train, a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
     # Validation accuracy needs generation: one rollout worker receives the weights at validation.
-    with_val = val is not None and (cfg.trainer.val_every > 0 or cfg.trainer.val_before_train)
+    with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
     reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) if with_val else None
     start_step, nonfinite_in_a_row = run.resume(sampler)
