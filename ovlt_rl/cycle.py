@@ -135,7 +135,7 @@ def run_cycle(cfg: Config) -> Path:
         first, last = _last_val_accuracy(sft_dir / "metrics.jsonl")
         if i == 1:
             report["base_val_accuracy"] = first if sft_cfg.trainer.val_before_train else None
-        report["stages"].append({"name": f"sft-{i}", "kind": "sft", "iteration": i, "val_accuracy": last, "output_dir": str(sft_dir)})
+        report["stages"].append({"name": f"sft-{i}", "kind": "sft", "iteration": i, "val_accuracy": last, "output_dir": sft_dir.name})
 
         grpo_dir = root / f"grpo-{i}"
         grpo_cfg = _stage_cfg("grpo", _pick(c.grpo_recipes, i), [
@@ -150,7 +150,7 @@ def run_cycle(cfg: Config) -> Path:
         cyc.stage(f"grpo-{i}", "grpo", grpo_cfg, run_grpo, inputs={"model": str(sft_dir / "hf"), "data": str(data_dir / "rl.parquet")},
                   outputs={"model": str(grpo_dir / "hf")})
         _, last = _last_val_accuracy(grpo_dir / "metrics.jsonl")
-        report["stages"].append({"name": f"grpo-{i}", "kind": "grpo", "iteration": i, "val_accuracy": last, "output_dir": str(grpo_dir)})
+        report["stages"].append({"name": f"grpo-{i}", "kind": "grpo", "iteration": i, "val_accuracy": last, "output_dir": grpo_dir.name})
         prev_grpo_model = str(grpo_dir / "hf")
         _write_json(root / "cycle_report.json", report)
 

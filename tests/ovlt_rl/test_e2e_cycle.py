@@ -100,6 +100,7 @@ def test_cycle_survives_sigkill_during_grpo(tmp_path):
     report = json.loads((out / "cycle_report.json").read_text())
     assert [s["name"] for s in report["stages"]] == ["sft-1", "grpo-1"]
     assert (out / "report.md").exists()
+    assert (out / "grpo-1_curves.png").exists()  # the report found the GRPO stage's metrics
     lineage = json.loads((out / "lineage.json").read_text())
     assert set(lineage) == {"data-1", "sft-1", "grpo-1"}
     assert lineage["grpo-1"]["inputs"]["model"]["path"].endswith("sft-1/hf")
