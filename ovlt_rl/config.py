@@ -214,6 +214,8 @@ class CycleConfig:
     """The base model every SFT-i starts from (the paper: Qwen2.5-VL-7B-Instruct)."""
     prepare_recipe: str = "tiny/prepare"
     """`ovlt prepare` recipe for iteration 1 (distillation) and, with prepare.mode=self_improve, later ones."""
+    prepare_recipes: list[str] = field(default_factory=list)
+    """Per-iteration prepare recipes instead (the last repeats), e.g. the paper's changing data mixes."""
     sft_recipes: list[str] = field(default_factory=lambda: ["tiny/sft"])
     """SFT recipe per iteration (the last one repeats when the list is shorter than `iterations`)."""
     grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])

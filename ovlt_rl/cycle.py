@@ -114,7 +114,8 @@ def run_cycle(cfg: Config) -> Path:
         prep_over = [f"prepare.output_dir={data_dir}", *common]
         if i > 1:
             prep_over += ["prepare.mode=self_improve", f"prepare.self_improve.model_path={prev_grpo_model}"]
-        prep_cfg = _stage_cfg("prepare", c.prepare_recipe, prep_over)
+        prep_recipe = _pick(c.prepare_recipes, i) if c.prepare_recipes else c.prepare_recipe
+        prep_cfg = _stage_cfg("prepare", prep_recipe, prep_over)
         cyc.stage(f"data-{i}", "prepare", prep_cfg, run_prepare,
                   inputs={"model": prev_grpo_model or "programmatic"},
                   outputs={"sft": str(data_dir / "sft.parquet"), "rl": str(data_dir / "rl.parquet"), "val": str(data_dir / "val.parquet")})

@@ -146,5 +146,8 @@ def test_config_errors_name_the_field():
 def test_prepare_recipes_validate(recipe):
     from data_prep.config import validate_prepare
 
-    cfg = load_config("prepare", [f"recipe={recipe}"])
+    cfg = load_config("prepare", [f"recipe={recipe}"])  # raises ConfigError naming the field if invalid
     validate_prepare(cfg.prepare)
+    # every recipe prepares something: the synthetic task (tiny) or named sources (the paper)
+    assert cfg.prepare.synthetic or cfg.prepare.sources
+    assert cfg.prepare.mode == ("distill" if recipe.endswith(("prepare", "iter1")) else "self_improve")
