@@ -64,10 +64,10 @@ def _worker(rank, port, repeats, bucket_bytes, q):
         # ... then H2D into a receiving model on the same GPU's peer (GPU 1)
         dev1 = torch.device("cuda", 1)
         t0 = time.perf_counter()
-        moved = {k: v.to(dev1) for k, v in host.items()}
+        on_peer = {k: v.to(dev1) for k, v in host.items()}
         torch.cuda.synchronize(dev1)
         h2d = time.perf_counter() - t0
-        del moved, host
+        del on_peer, host
         q.put(("baseline", d2h, h2d))
     q.put((rank, times, nbytes, check))
 

@@ -15,8 +15,6 @@ worth of samples, each split into micro-batches of `actor.micro_batch_size` samp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from omegaconf import MISSING  # noqa: F401  (re-exported for recipes that need it)
-
 # Sections owned by their packages, composed into the one tree here.
 from data_prep.config import PrepareConfig
 from ovlt_rl.eval.config import EvalConfig

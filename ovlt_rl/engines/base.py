@@ -73,6 +73,6 @@ class RolloutEngine(Protocol):
         """Replace the weights (names as in the HF model's state_dict), e.g. after a policy update."""
         ...
 
-    def compute_logprobs(self, input_ids: list[list[int]], prompts: list[dict[str, Any]], n_prompt: list[int]) -> list[list[float]]:
-        """Log-probs of given response tokens (used to check weight sync against the policy)."""
+    def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
+        """Log-probs of each response's tokens given its prompt (used to check weight sync against the policy)."""
         ...

@@ -112,7 +112,7 @@ class HFEngine:
                 break
         ids = ids[:cut]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        stopped = cut < len(ids) or (ids and ids[-1] in self.eos_ids)
+        stopped = bool(ids) and ids[-1] in self.eos_ids
         if params.stop and not stopped:
             stopped = any(s in text for s in params.stop)
         reason = "stop" if stopped or len(ids) < params.max_new_tokens else "length"
