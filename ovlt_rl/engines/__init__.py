@@ -34,4 +34,5 @@ def make_engine(cfg, model_path: str, device: torch.device):
         dtype=engine_dtype(cfg, device),
         micro_batch_size=cfg.rollout.micro_batch_size,
         attn_implementation=cfg.model.attn_implementation,
+        fast_decode=cfg.rollout.hf_fast_decode,
     )

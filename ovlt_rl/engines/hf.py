@@ -5,10 +5,17 @@ and evaluation on small models. Prompts are `PromptDataset` items; each chunk of
 left-padded into one batch and expanded `n` times with `num_return_sequences`, so a group's
 responses share the prompt's image features computation.
 
-Log-probs: sampling log-probs would need the full-vocabulary logits of every step kept in memory
-(`output_logits`), which costs B*T*V floats. Instead `compute_logprobs` runs one teacher-forced
-forward over prompt+response when they are needed (the weight-sync check); the trainer always
-recomputes old log-probs on the policy workers anyway.
+Two generation paths give the same tokens under greedy decoding:
+- fast (`fast_decode="on"`, or "auto" on CUDA): `fast_decode.StaticCacheDecoder` prefills with the
+  HF model and decodes with its own loop over a static KV cache, captured in a CUDA graph on GPUs;
+  each prompt is prefilled once and its cache copied to its n samples.
+- plain (`"off"`, or "auto" on CPU): transformers `generate`, each chunk of prompts left-padded into
+  one batch and expanded `n` times with `num_return_sequences`.
+
+Log-probs (temperature 1, as `compute_logprobs`): the fast path takes them in the decode loop; the
+plain path would need the full-vocabulary logits of every step kept in memory (`output_logits`,
+B*T*V floats), so it runs one teacher-forced forward over prompt+response instead. The trainer
+always recomputes old log-probs on the policy workers anyway.
 """
 
 from __future__ import annotations
@@ -21,6 +28,18 @@ import torch
 from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
 
 log = logging.getLogger(__name__)
+
+# YAML reads a bare on/off as a boolean, so a command-line `rollout.hf_fast_decode=on` arrives as "True".
+_FAST_DECODE = {"auto": None, "on": True, "true": True, "off": False, "false": False}
+
+
+def use_fast_decode(choice: str | bool, device: torch.device) -> bool:
+    """Resolve rollout.hf_fast_decode: "on", "off", or "auto" (on for CUDA devices)."""
+    key = str(choice).lower()
+    if key not in _FAST_DECODE:
+        raise ValueError(f"rollout.hf_fast_decode: unknown {choice!r}; use auto, on or off")
+    on = _FAST_DECODE[key]
+    return device.type == "cuda" if on is None else on
 
 
 def batch_prompts(prompts: list[dict[str, Any]], pad_token_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
@@ -43,6 +62,7 @@ class HFEngine:
         attn_implementation: str = "sdpa",
         model: torch.nn.Module | None = None,
         processor: Any = None,
+        fast_decode: str | bool = "auto",
     ):
         from ovlt_rl.models.loading import load_model, load_processor
 
@@ -59,6 +79,12 @@ class HFEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos_ids))
         self.forbidden = forbidden_token_ids(self.tokenizer)
+        self.fast = None
+        if use_fast_decode(fast_decode, self.device):
+            from ovlt_rl.engines.fast_decode import StaticCacheDecoder
+
+            self.fast = StaticCacheDecoder(self.model, eos_ids=sorted(self.eos_ids), pad_id=self.pad_id,
+                                           forbidden=self.forbidden)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -73,6 +99,8 @@ class HFEngine:
         return out
 
     def _generate_chunk(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
+        if self.fast is not None:
+            return self._generate_chunk_fast(prompts, params)
         inputs = batch_prompts(prompts, self.pad_id, self.device)
         greedy = params.temperature <= 0 or params.top_k == 1
         kwargs: dict[str, Any] = dict(
@@ -97,26 +125,59 @@ class HFEngine:
         for i in range(len(prompts)):
             group = []
             for j in range(params.n):
-                group.append(self._finish(responses[i * params.n + j], params))
+                group.append(self._finish(responses[i * params.n + j], None, params))
             groups.append(group)
         if params.logprobs:
             self._attach_logprobs(prompts, groups)
         return groups
 
-    def _finish(self, ids: list[int], params: SamplingParams) -> Generation:
-        """Cut a generated row at its first EOS (kept) and drop the padding after it."""
+    def _generate_chunk_fast(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
+        rows = self.fast.generate(prompts, params, lambda chunk: batch_prompts(chunk, self.pad_id, self.device))
+        groups = []
+        for i in range(len(prompts)):
+            groups.append([self._finish(*rows[i * params.n + j], params) for j in range(params.n)])
+        return groups
+
+    def _finish(self, ids: list[int], logprobs: list[float] | None, params: SamplingParams) -> Generation:
+        """Cut a generated row after its first EOS or stop string (both kept) and drop what follows."""
         cut = len(ids)
         for k, t in enumerate(ids):
             if t in self.eos_ids:
                 cut = k + 1
                 break
+        stopped_by_string = False
+        if params.stop:
+            k = self._stop_string_end(ids[:cut], params.stop)
+            if k is not None:
+                cut, stopped_by_string = k, True
         ids = ids[:cut]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        stopped = bool(ids) and ids[-1] in self.eos_ids
-        if params.stop and not stopped:
-            stopped = any(s in text for s in params.stop)
+        stopped = stopped_by_string or (bool(ids) and ids[-1] in self.eos_ids)
         reason = "stop" if stopped or len(ids) < params.max_new_tokens else "length"
-        return Generation(token_ids=ids, text=text, finish_reason=reason)
+        return Generation(token_ids=ids, text=text, finish_reason=reason,
+                          logprobs=logprobs[:cut] if logprobs is not None else None)
+
+    def _stop_string_end(self, ids: list[int], stops: list[str]) -> int | None:
+        """Length of the shortest prefix of `ids` whose text contains a stop string (None: no stop string).
+
+        A prefix's text is a prefix of the longer text, so "contains a stop string" turns true once
+        and stays true: binary search, log2(len) decodes. (The plain path stops there too, but
+        transformers then pads the row, and the pad token would otherwise be taken for an EOS.)
+        """
+        def hit(k: int) -> bool:
+            text = self.tokenizer.decode(ids[:k], skip_special_tokens=True)
+            return any(s in text for s in stops)
+
+        if not ids or not hit(len(ids)):
+            return None
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if hit(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
 
     def _attach_logprobs(self, prompts: list[dict[str, Any]], groups: list[list[Generation]]) -> None:
         flat_prompts, flat_resp = [], []
