@@ -92,6 +92,10 @@ class RolloutConfig:
     val_n: int = 1
     micro_batch_size: int = 64
     """Sequences generated at once per worker by the hf engine."""
+    hf_fast_decode: str = "auto"
+    """hf engine's generation path: "on" (HF prefill, then our decode loop over a static KV cache,
+    CUDA-graph captured on GPUs; ovlt_rl/engines/fast_decode.py), "off" (transformers `generate`),
+    or "auto" (on for CUDA devices, off on CPU). Both give the same tokens under greedy decoding."""
     tensor_parallel_size: int = 1
     """vLLM tensor parallel size."""
     gpu_memory_utilization: float = 0.6
