@@ -39,6 +39,7 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ COLUMN_BUCKET = 128
 """Static cache lengths are rounded up to a multiple of this, so calls with similar prompt lengths share a graph."""
 PREFILL_TOKENS = 16384
 """Padded prompt tokens per HF prefill forward (bounds the prefill's activation memory)."""
+# Decode attention takes an arbitrary additive mask: memory-efficient attention on GPUs (cuDNN's is
+# left out: it is not safe to capture in CUDA graphs on every version), the math kernel elsewhere.
+_DECODE_ATTENTION = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Mode(NamedTuple):
@@ -157,10 +161,11 @@ class StaticCacheDecoder:
 
     `cuda_graphs` (default: on for CUDA models) captures the decode step; without it the same step
     runs eagerly (CPU, tests). `prefill_tokens` bounds the padded tokens of one prefill forward.
+    `compile` names a torch.compile backend for the per-layer parts around attention (None: eager).
     """
 
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, forbidden: list[int],
-                 cuda_graphs: bool | None = None, prefill_tokens: int = PREFILL_TOKENS):
+                 cuda_graphs: bool | None = None, prefill_tokens: int = PREFILL_TOKENS, compile: str | None = None):
         self.model = model
         text = model.model.language_model
         self.embed = text.embed_tokens
@@ -189,6 +194,12 @@ class StaticCacheDecoder:
             raise ValueError("cuda_graphs=True needs a model on a CUDA device")
         self.prefill_tokens = prefill_tokens
         self.ws: _Workspace | None = None
+        # `compile` (a torch.compile backend, e.g. "inductor") fuses the small ops around the matmuls
+        # (norms, rotary, SiLU); every layer has the same shapes, so each part compiles once.
+        self._qkv, self._out = _qkv, _out
+        if compile:
+            self._qkv = torch.compile(_qkv, backend=compile, fullgraph=True, dynamic=False)
+            self._out = torch.compile(_out, backend=compile, fullgraph=True, dynamic=False)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -342,21 +353,17 @@ class StaticCacheDecoder:
 
     def _layer(self, layer, x, cos, sin, k_cache, v_cache, column, mask) -> torch.Tensor:
         attn, mlp = layer.self_attn, layer.mlp
-        B = x.shape[0]
-        h = _rms_norm(x, layer.input_layernorm.weight, self.eps)
-        # Query heads h*rep..h*rep+rep-1 share KV head h (transformers' repeat_kv order), so the
-        # queries of one KV head become rows of one attention "sequence": no repeated K/V.
-        q = attn.q_proj(h).view(B, self.n_kv, self.n_heads // self.n_kv, self.head_dim)
-        k = attn.k_proj(h).view(B, self.n_kv, 1, self.head_dim)
-        v = attn.v_proj(h).view(B, self.n_kv, 1, self.head_dim)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q, k, v = self._qkv(x, cos, sin, layer.input_layernorm.weight, attn.q_proj.weight, attn.q_proj.bias,
+                            attn.k_proj.weight, attn.k_proj.bias, attn.v_proj.weight, attn.v_proj.bias,
+                            self.n_kv, self.n_heads // self.n_kv, self.head_dim, self.eps)
+        # The cache write and attention stay outside the compiled parts: in-place writes into the
+        # big cache buffers are kept as they are, never turned into copies.
         k_cache.index_copy_(2, column, k)
         v_cache.index_copy_(2, column, v)
-        o = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=self.scaling)
-        x = x + attn.o_proj(o.reshape(B, self.n_heads * self.head_dim))
-        h = _rms_norm(x, layer.post_attention_layernorm.weight, self.eps)
-        return x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        with sdpa_kernel(_DECODE_ATTENTION):
+            o = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=self.scaling)
+        return self._out(x, o, attn.o_proj.weight, attn.o_proj.bias, layer.post_attention_layernorm.weight,
+                         mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight, self.eps)
 
     def _sample_and_record(self, ws: _Workspace, logits: torch.Tensor, mode: Mode) -> None:
         tok = sample_tokens(logits, mode, temperature=ws.temperature, top_k=ws.top_k, top_p=ws.top_p,
@@ -400,6 +407,29 @@ class StaticCacheDecoder:
         ws.graphs[mode] = graph
         log.info("captured a decode graph: %d rows, %d cache columns, mode %s", ws.rows, ws.columns, mode)
         return graph
+
+
+def _qkv(x, cos, sin, norm_w, wq, bq, wk, bk, wv, bv, n_kv: int, rep: int, head_dim: int, eps: float):
+    """A layer's input norm, q/k/v projections and rotary for one token per row: q [B, n_kv, rep, hd], k, v [B, n_kv, 1, hd].
+
+    Query heads h*rep..h*rep+rep-1 share KV head h (transformers' repeat_kv order), so the queries
+    of one KV head become the rows of one attention "sequence": K/V are never repeated.
+    """
+    B = x.shape[0]
+    h = _rms_norm(x, norm_w, eps)
+    q = F.linear(h, wq, bq).view(B, n_kv, rep, head_dim)
+    k = F.linear(h, wk, bk).view(B, n_kv, 1, head_dim)
+    v = F.linear(h, wv, bv).view(B, n_kv, 1, head_dim)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    return q, k, v
+
+
+def _out(x, o, wo, bo, norm_w, w_gate, w_up, w_down, eps: float):
+    """The rest of a layer: output projection, residual, post-attention norm, SiLU MLP, residual."""
+    x = x + F.linear(o.reshape(x.shape[0], -1), wo, bo)
+    h = _rms_norm(x, norm_w, eps)
+    return x + F.linear(F.silu(F.linear(h, w_gate)) * F.linear(h, w_up), w_down)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

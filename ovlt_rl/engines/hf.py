@@ -63,6 +63,7 @@ class HFEngine:
         model: torch.nn.Module | None = None,
         processor: Any = None,
         fast_decode: str | bool = "auto",
+        decode_compile: str | None = None,
     ):
         from ovlt_rl.models.loading import load_model, load_processor
 
@@ -84,7 +85,7 @@ class HFEngine:
             from ovlt_rl.engines.fast_decode import StaticCacheDecoder
 
             self.fast = StaticCacheDecoder(self.model, eos_ids=sorted(self.eos_ids), pad_id=self.pad_id,
-                                           forbidden=self.forbidden)
+                                           forbidden=self.forbidden, compile=decode_compile)
 
     # -- generation -------------------------------------------------------------------------
 

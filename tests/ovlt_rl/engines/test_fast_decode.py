@@ -203,3 +203,15 @@ def test_fast_decode_switch(tiny_model_dir, tiny_model, tiny_processor):
     cfg = load_config("grpo", ["data.train_files=[x]", "trainer.device=cpu"])
     assert cfg.rollout.hf_fast_decode == "auto"
     assert make_engine(cfg, str(tiny_model_dir), torch.device("cpu")).fast is None
+
+
+def test_compiled_layer_parts_trace_whole_and_agree(tiny_model_dir, lively_model, tiny_processor, prompts):
+    # "aot_eager" runs dynamo and AOT autograd's tracing without a C++ compiler: fullgraph=True
+    # fails if the layer parts don't trace as one graph each.
+    plain, _ = _engines(tiny_model_dir, lively_model, tiny_processor)
+    compiled = HFEngine(str(tiny_model_dir), model=lively_model, processor=tiny_processor, fast_decode="on",
+                        decode_compile="aot_eager", micro_batch_size=16)
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=10, logprobs=False)
+    want = plain.generate(prompts, params)
+    got = compiled.generate(prompts, params)
+    assert [g[0].token_ids for g in got] == [w[0].token_ids for w in want]
