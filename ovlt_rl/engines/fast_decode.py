@@ -8,7 +8,8 @@ replays and, every `CHECK_EVERY` steps, asks whether all rows are finished.
 
 How it works, per batch of B sequences (prompts x n samples):
 1. Prefill with the HF model itself, a few prompts at a time: images, the embedding merge and the
-   3-D mRoPE positions (`get_rope_index`, the model's own code) are exactly what `generate` does.
+   3-D mRoPE positions (`get_rope_index`, the model's own code) are exactly what `generate` does,
+   except that the vision tower's windowed attention runs batched (`vision_attention.py`).
    Each prompt's keys/values are copied from the HF cache into the static cache, right-aligned so
    every prompt ends at column P-1 (P = the longest prompt), once per sample (n copies); columns a
    prompt doesn't fill are masked. The prefill's last logits give the first token.
@@ -34,12 +35,15 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ovlt_rl.engines.vision_attention import grouped_vision_attention
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,8 @@ class StaticCacheDecoder:
             raise ValueError("cuda_graphs=True needs a model on a CUDA device")
         self.prefill_tokens = prefill_tokens
         self.ws: _Workspace | None = None
+        self.last_stats: dict = {}
+        """Rows, steps and seconds of prefill (first token included) and decode of the last call."""
         # `compile` (a torch.compile backend, e.g. "inductor") fuses the small ops around the matmuls
         # (norms, rotary, SiLU); every layer has the same shapes, so each part compiles once.
         self._qkv, self._out = _qkv, _out
@@ -221,8 +227,11 @@ class StaticCacheDecoder:
         ws = self._workspace(rows, prompt_width + T, T, mode)
         self._set_params(ws, params)
         graph = self._graph(ws, mode) if self.cuda_graphs else None
+        t0 = time.perf_counter()
         first_logits = self._prefill(ws, prompts, n, batch_fn, prompt_width, mode)
         self._sample_and_record(ws, first_logits, mode)
+        self._sync()
+        t1 = time.perf_counter()
         done = 1
         while done < T:
             if graph is not None:
@@ -234,7 +243,12 @@ class StaticCacheDecoder:
                 break
         tokens = ws.out_tokens[:rows, :done].tolist()
         lps = ws.out_logprobs[:rows, :done].tolist() if mode.logprobs else [None] * rows
+        self.last_stats = {"rows": rows, "steps": done, "prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1}
         return list(zip(tokens, lps))
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def release(self) -> None:
         """Free the cache and captured graphs (the next call rebuilds them)."""
@@ -308,7 +322,8 @@ class StaticCacheDecoder:
             chunk = prompts[c0 : c0 + per_chunk]
             inputs = batch_fn(chunk)
             positions = rope_positions(self.model, inputs)
-            out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
+            with grouped_vision_attention(self.model):
+                out = self.model(**inputs, position_ids=positions, use_cache=True, logits_to_keep=1)
             L = inputs["input_ids"].shape[1]
             r0, r1 = c0 * n, (c0 + len(chunk)) * n
             for i, (k, v) in enumerate(cache_tensors(out.past_key_values, len(self.layers))):
@@ -393,6 +408,9 @@ class StaticCacheDecoder:
             ws.finished.fill_(True)
             ws.mask[:, :, :, 0] = 0.0
 
+        # The warm-up draws random numbers; put the generator back afterwards so that a seeded call
+        # samples the same whether or not it had to capture first.
+        rng = torch.cuda.get_rng_state(self.device)
         safe_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -404,6 +422,7 @@ class StaticCacheDecoder:
         with torch.cuda.graph(graph, pool=ws.pool):
             self._step(ws, mode)
         torch.cuda.synchronize()
+        torch.cuda.set_rng_state(rng, self.device)
         ws.graphs[mode] = graph
         log.info("captured a decode graph: %d rows, %d cache columns, mode %s", ws.rows, ws.columns, mode)
         return graph
