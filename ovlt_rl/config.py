@@ -149,6 +149,15 @@ class ActorConfig:
     backward (one all-gather less per layer and micro-batch)."""
     max_nonfinite_in_a_row: int = 3
     """Stop after this many consecutive updates with a non-finite loss or grad norm (each is skipped)."""
+    padding_free: bool = True
+    """Pack each micro-batch's samples into one row without padding (per-sample mRoPE positions,
+    attention within each sample only) for log-probs, GRPO updates and SFT; false: right-padded rows."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of a micro-batch per rank (updates and SFT): samples are grouped greedily, sorted
+    by length, under it (padded rows count rows x longest). 0: `micro_batch_size` samples each."""
+    logprob_max_tokens_per_micro_batch: int = 0
+    """Token budget for the no-grad log-prob passes (old/reference), which keep no activations and can
+    take more; 0: the same as max_tokens_per_micro_batch."""
 
 
 @dataclass
@@ -279,6 +288,10 @@ def validate(cfg: Config, command: str) -> None:
         f"{a.micro_batch_size} does not divide the per-rank batch {per_rank}",
     )
     _check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
+    _check(a.max_tokens_per_micro_batch >= 0, "actor.max_tokens_per_micro_batch",
+           f"must be >= 0 (0: off), got {a.max_tokens_per_micro_batch}")
+    _check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
+           f"must be >= 0 (0: as actor.max_tokens_per_micro_batch), got {a.logprob_max_tokens_per_micro_batch}")
     _check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
     _check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
     _check(

@@ -9,10 +9,20 @@ FSDP2 layout: `fully_shard` on each decoder layer, on the vision tower as its ow
 outside the decoder, and `generate`-style calls reach it separately), then on the root. The root
 is `_Forward`, a thin module whose forward is the whole per-token log-prob computation, so that
 FSDP's root hooks gather the embedding, final norm and LM head around it.
+
+Micro-batches (`_plan`): `actor.micro_batch_size` samples each, or as many as fit
+`actor.max_tokens_per_micro_batch` tokens; padded rows (`build_batch`) or, with
+`actor.padding_free`, one packed row per micro-batch (`pack_batch`, attention within each sample
+only). Before running them the ranks agree on one count (an all-reduce of the largest), and a rank
+with fewer splits its largest micro-batches, so the collectives match. The loss of every
+micro-batch is divided by the whole mini-batch's denominator, so the sum of their gradients is the
+mini-batch's gradient however the samples were grouped.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import time
@@ -24,7 +34,11 @@ import torch.nn as nn
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import Config
+from ovlt_rl.workers.packed_attention import use_packed_attention
+from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.sequences import build_batch, token_logprobs
+
+log = logging.getLogger(__name__)
 
 
 class _Forward(nn.Module):
@@ -106,6 +120,9 @@ class PolicyWorker:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         self.hf_config = model.config
+        self._prepare_attention(model)
+        # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
+        self._positions = functools.partial(mrope_positions, model.model)
         self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=cfg.actor.reshard_after_forward)
         self.policy.train()
 
@@ -113,6 +130,7 @@ class PolicyWorker:
         if cfg.reference.enabled and cfg.actor.use_kl_loss:
             ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
             ref.requires_grad_(False)
+            self._prepare_attention(ref)
             self.ref = shard_model(ref, mp_dtype=mp)
             self.ref.eval()
 
@@ -129,6 +147,49 @@ class PolicyWorker:
         )
         return {"params": n_params, "trainable": sum(p.numel() for p in trainable), "device": str(self.device)}
 
+    def _prepare_attention(self, model: nn.Module) -> None:
+        """Packed rows need attention that stays within each sample. flash_attention_2 and eager
+        do that by themselves from the position ids (varlen kernel, block-diagonal mask); sdpa is
+        switched to ovlt's packed attention (torch's varlen flash kernel on GPU, SDPA per sample
+        otherwise), which runs padded batches exactly like sdpa."""
+        if self.cfg.actor.padding_free and self.cfg.model.attn_implementation == "sdpa":
+            use_packed_attention(model)
+
+    # -- micro-batches -----------------------------------------------------------------------------
+
+    def _max_over_ranks(self, n: int) -> int:
+        if self.world == 1:
+            return n
+        t = torch.tensor([n], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def _plan(self, samples: list[dict[str, Any]], micro_batch_size: int, max_tokens: int) -> list[tuple[list[int], bool]]:
+        """(sample indices, is_dummy) of each micro-batch; the same count on every rank (a collective)."""
+        padded = not self.cfg.actor.padding_free
+        lengths = [len(s["input_ids"]) for s in samples]
+        groups = plan_micro_batches(lengths, micro_batch_size=micro_batch_size, max_tokens=max_tokens, padded=padded)
+        long = over_budget(lengths, max_tokens)
+        if long:
+            log.warning("rank %d: %d of %d samples are longer than the token budget %d; each runs as its own micro-batch",
+                        self.rank, long, len(samples), max_tokens)
+        groups, dummies = split_to_count(groups, lengths, self._max_over_ranks(len(groups)), padded=padded)
+        plan = [(g, False) for g in groups]
+        if dummies:
+            if not samples:
+                raise ValueError(f"rank {self.rank} got no samples while other ranks have work; give every rank at least one")
+            # A real sample whose loss counts 0: the same collectives (vision tower included) as the others'.
+            shortest = min(range(len(samples)), key=lambda i: lengths[i])
+            plan += [([shortest], True)] * dummies
+        return plan
+
+    def _batch(self, chunk: list[dict[str, Any]], keys: tuple[str, ...] = ()) -> dict[str, Any]:
+        if self.cfg.actor.padding_free:
+            batch = pack_batch(chunk, self._pad_id(), self._positions, per_token_keys=keys)
+        else:
+            batch = build_batch(chunk, self._pad_id(), per_token_keys=keys)
+        return self._to_device(batch)
+
     # -- log-probs ---------------------------------------------------------------------------------
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -142,19 +203,25 @@ class PolicyWorker:
 
     @torch.no_grad()
     def compute_logprobs(self, samples: list[dict[str, Any]], which: str, micro_batch_size: int) -> list[torch.Tensor]:
-        """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference."""
+        """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference.
+
+        Micro-batches of `micro_batch_size` samples, or by actor.logprob_max_tokens_per_micro_batch
+        (else actor.max_tokens_per_micro_batch) tokens when set.
+        """
         module = self.policy if which == "policy" else self.ref
         if module is None:
             raise RuntimeError(f"compute_logprobs({which!r}): no such model on this worker")
+        a = self.cfg.actor
         was_training = module.training
         module.eval()
-        out = []
-        for s in range(0, len(samples), micro_batch_size):
-            chunk = samples[s : s + micro_batch_size]
-            batch = self._to_device(build_batch(chunk, self._pad_id()))
-            lp, _ = module(batch)
-            for i, smp in enumerate(chunk):
-                out.append(lp[i, : len(smp["input_ids"])].float().cpu())
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        for idx, dummy in self._plan(samples, micro_batch_size, a.logprob_max_tokens_per_micro_batch or a.max_tokens_per_micro_batch):
+            chunk = [samples[i] for i in idx]
+            lp, _ = module(self._batch(chunk))
+            if dummy:
+                continue
+            for row, i in enumerate(idx):
+                out[i] = lp[row, : len(samples[i]["input_ids"])].float().cpu()
         module.reshard()
         module.train(was_training)
         return out
@@ -191,16 +258,16 @@ class PolicyWorker:
         keys = ("old_logprobs", "advantages") + (("ref_logprobs",) if self.ref is not None else ())
         scale = self.world / denominator  # FSDP averages over ranks
         sums: dict[str, float] = {}
-        n_micro = 0
         t0 = time.perf_counter()
-        # Micro-batches of similar lengths pad less; the sum of gradients doesn't depend on the order.
-        samples = sorted(samples, key=lambda smp: len(smp["input_ids"]))
-        for s in range(0, len(samples), a.micro_batch_size):
-            chunk = samples[s : s + a.micro_batch_size]
-            batch = self._to_device(build_batch(chunk, self._pad_id(), per_token_keys=keys))
+        # The sum of the micro-batches' gradients doesn't depend on how samples are grouped.
+        for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
+            batch = self._batch([samples[i] for i in idx], keys)
             logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef))
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
+            if dummy:
+                (logp[mask].sum() * 0.0).backward()
+                continue
             pg, m = policy_loss(
                 logp, batch["old_logprobs"], batch["advantages"], mask,
                 clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high,
@@ -215,7 +282,6 @@ class PolicyWorker:
             if a.entropy_coef:
                 loss = loss - a.entropy_coef * ent_sum
             (loss * scale).backward()
-            n_micro += 1
             tokens = float(mask.sum())
             _acc(sums, "actor/pg_loss", float(pg.detach()) / denominator)
             _acc(sums, "actor/entropy_sum", float(ent_sum.detach()))
@@ -234,12 +300,14 @@ class PolicyWorker:
         scale = self.world / denominator
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        samples = sorted(samples, key=lambda smp: len(smp["input_ids"]))  # less padding, same gradient
-        for s in range(0, len(samples), a.micro_batch_size):
-            batch = self._to_device(build_batch(samples[s : s + a.micro_batch_size], self._pad_id()))
+        for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
+            batch = self._batch([samples[i] for i in idx])
             logp, _ = self.policy(batch)
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
+            if dummy:
+                (logp[mask].sum() * 0.0).backward()
+                continue
             nll = masked_nll(logp, mask, denominator=1.0)
             (nll * scale).backward()
             _acc(sums, "sft/nll_sum", float(nll.detach()))

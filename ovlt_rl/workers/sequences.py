@@ -11,10 +11,12 @@ One representation serves GRPO and SFT. A *sample* is a dict:
 
 `build_batch` right-pads samples into a batch. Right padding keeps Qwen2.5-VL's mRoPE positions
 correct without help: the model derives 3-D positions from input_ids, image_grid_thw and the
-attention mask, and trailing pads come after every real token.
+attention mask, and trailing pads come after every real token. `ovlt_rl.workers.packing.pack_batch`
+puts the same samples into one row without padding instead (a batch with `position_ids`).
 
 `token_logprobs` runs the decoder once and applies the LM head only at the positions that predict
-a masked token, in chunks, so fp32 logits for the whole batch over a 152k vocabulary never exist.
+a masked token, in chunks, so fp32 logits for the whole batch over a 152k vocabulary never exist,
+in the forward or kept for the backward (each chunk is recomputed there).
 """
 
 from __future__ import annotations
@@ -90,14 +92,37 @@ def _model_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modu
 
 
 def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """Last hidden states [B, L, H] of the backbone (vision tower run on the batch's images)."""
+    """Last hidden states [rows, L, H] of the backbone (vision tower run on the batch's images).
+
+    A padded batch passes its attention mask; a packed one (`position_ids` [4, 1, T]) passes its
+    per-sample positions and no mask, from which transformers finds the sample boundaries.
+    """
     backbone, _ = _model_parts(model)
-    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "mm_token_type_ids": batch["mm_token_type_ids"], "use_cache": False}
+    kwargs = {"input_ids": batch["input_ids"], "mm_token_type_ids": batch["mm_token_type_ids"], "use_cache": False}
+    if "position_ids" in batch:
+        kwargs["position_ids"] = batch["position_ids"]
+    else:
+        kwargs["attention_mask"] = batch["attention_mask"]
     if "pixel_values" in batch:
         kwargs["pixel_values"] = batch["pixel_values"]
         kwargs["image_grid_thw"] = batch["image_grid_thw"]
     return backbone(**kwargs).last_hidden_state
+
+
+def _head_chunk(lm_head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, with_entropy: bool,
+                entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) and entropy (empty unless asked) of one chunk of rows, in fp32."""
+    z = lm_head(hidden).float()
+    lse = torch.logsumexp(z, dim=-1)
+    lp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
+    if not with_entropy:
+        return lp, z.new_zeros(0)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        zz = z if entropy_grad else z.detach()
+        p = torch.softmax(zz, dim=-1)
+        ent = lse if entropy_grad else lse.detach()
+        ent = ent - (p * zz).sum(-1)  # H = logsumexp(z) - sum p z
+    return lp, ent
 
 
 def head_logprobs(
@@ -111,20 +136,23 @@ def head_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(label) (and entropy) for N rows of hidden states [N, H], in chunks of rows.
 
-    The entropy joins the autograd graph only with `entropy_grad` (an entropy bonus); as a metric
-    it is computed without one, which would otherwise keep a second [chunk, vocab] tensor per chunk.
+    With autograd on, each chunk runs under activation checkpointing: only its hidden rows are
+    kept, and the backward recomputes that chunk's logits (one more LM-head matmul, ~2% of a
+    7B step) instead of holding bf16 logits and fp32 softmax temporaries for every chunk, which
+    for 16k response tokens over 152k vocabulary would be ~15 GB. The entropy joins the graph
+    only with `entropy_grad` (an entropy bonus); as a metric it is computed without one.
     """
+    from torch.utils.checkpoint import checkpoint
+
+    use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     lps, ents = [], []
     for s in range(0, hidden.shape[0], chunk_size):
-        logits = lm_head(hidden[s : s + chunk_size]).float()
-        logp = torch.log_softmax(logits, dim=-1)
-        lps.append(logp.gather(-1, labels[s : s + chunk_size, None]).squeeze(-1))
-        if with_entropy:
-            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                lp_e = logp if entropy_grad else logp.detach()
-                ents.append(-(lp_e.exp() * lp_e).sum(-1))
-    lp = torch.cat(lps) if lps else hidden.new_zeros(0)
-    ent = (torch.cat(ents) if ents else hidden.new_zeros(0)) if with_entropy else None
+        args = (lm_head, hidden[s : s + chunk_size], labels[s : s + chunk_size], with_entropy, entropy_grad)
+        lp, ent = checkpoint(_head_chunk, *args, use_reentrant=False) if use_ckpt else _head_chunk(*args)
+        lps.append(lp)
+        ents.append(ent)
+    lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
+    ent = (torch.cat(ents) if ents else hidden.new_zeros(0, dtype=torch.float32)) if with_entropy else None
     return lp, ent
 
 
@@ -135,15 +163,20 @@ def token_logprobs(
     """Per-token log-probs [B, L] of the batch's own tokens where loss_mask is 1 (0 elsewhere).
 
     Position t holds log p(input_ids[t] | input_ids[:t]); the LM head runs only at the positions
-    that predict a masked token.
+    that predict a masked token. The result is in the padded [B, L] layout of `loss_mask` for
+    padded and packed batches alike.
     """
     hidden = hidden_states(model, batch)
     mask = batch["loss_mask"].bool()
-    mask[:, 0] = False  # the first token has no prediction
-    # Hidden state at t-1 predicts token t.
-    pred_pos = mask.roll(-1, dims=1)
+    mask[:, 0] = False  # the first token of each sample has no prediction
+    # The model's layout: the padded [B, L] itself, or one packed row of the valid tokens (in the
+    # same row-major order, so `out[mask] = lp` below fills the same tokens in both cases).
+    row_mask = mask[batch["valid"]][None] if "position_ids" in batch else mask
+    # Hidden state at t-1 predicts token t. (A sample's first token is never in the mask, so in
+    # a packed row no sample is predicted from the one before it.)
+    pred_pos = row_mask.roll(-1, dims=1)
     h = hidden[pred_pos]
-    labels = batch["input_ids"][mask]
+    labels = batch["input_ids"][row_mask]
     _, lm_head = _model_parts(model)
     lp, ent = head_logprobs(lm_head, h, labels, with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_size=chunk_size)
     out = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
