@@ -35,4 +35,5 @@ def make_engine(cfg, model_path: str, device: torch.device):
         micro_batch_size=cfg.rollout.micro_batch_size,
         attn_implementation=cfg.model.attn_implementation,
         fast_decode=cfg.rollout.hf_fast_decode,
+        decode_compile="inductor" if cfg.rollout.hf_decode_compile else None,
     )

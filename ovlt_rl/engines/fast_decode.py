@@ -201,11 +201,12 @@ class StaticCacheDecoder:
         self.last_stats: dict = {}
         """Rows, steps and seconds of prefill (first token included) and decode of the last call."""
         # `compile` (a torch.compile backend, e.g. "inductor") fuses the small ops around the matmuls
-        # (norms, rotary, SiLU); every layer has the same shapes, so each part compiles once.
+        # (norms, rotary, SiLU); every layer has the same shapes, so each part compiles once (and once
+        # more, with the batch size symbolic, when a second batch size comes).
         self._qkv, self._out = _qkv, _out
         if compile:
-            self._qkv = torch.compile(_qkv, backend=compile, fullgraph=True, dynamic=False)
-            self._out = torch.compile(_out, backend=compile, fullgraph=True, dynamic=False)
+            self._qkv = torch.compile(_qkv, backend=compile, fullgraph=True)
+            self._out = torch.compile(_out, backend=compile, fullgraph=True)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -415,7 +416,17 @@ class StaticCacheDecoder:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(ws, mode)  # warm-up: cuBLAS handles and workspaces are created outside capture
+            # Warm-up: cuBLAS handles and workspaces are created (and torch.compile compiles) outside capture.
+            try:
+                self._step(ws, mode)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: the eager step is the same computation
+                if self._qkv is _qkv:
+                    raise
+                log.warning("fast decode: torch.compile of the decode step failed (%s: %s); decoding eagerly",
+                            type(e).__name__, e)
+                self._qkv, self._out = _qkv, _out
+                safe_state()
+                self._step(ws, mode)
         torch.cuda.current_stream().wait_stream(side)
         safe_state()
         graph = torch.cuda.CUDAGraph()

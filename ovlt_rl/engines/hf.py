@@ -63,7 +63,7 @@ class HFEngine:
         model: torch.nn.Module | None = None,
         processor: Any = None,
         fast_decode: str | bool = "auto",
-        decode_compile: str | None = None,
+        decode_compile: str | None = "inductor",
     ):
         from ovlt_rl.models.loading import load_model, load_processor
 
@@ -84,8 +84,9 @@ class HFEngine:
         if use_fast_decode(fast_decode, self.device):
             from ovlt_rl.engines.fast_decode import StaticCacheDecoder
 
-            self.fast = StaticCacheDecoder(self.model, eos_ids=sorted(self.eos_ids), pad_id=self.pad_id,
-                                           forbidden=self.forbidden, compile=decode_compile)
+            # torch.compile only on GPUs: on CPU inductor needs a C++ toolchain and the gain is on launch overheads.
+            self.fast = StaticCacheDecoder(self.model, eos_ids=sorted(self.eos_ids), pad_id=self.pad_id, forbidden=self.forbidden,
+                                           compile=decode_compile if self.device.type == "cuda" else None)
 
     # -- generation -------------------------------------------------------------------------
 
