@@ -1,13 +1,23 @@
 """Actor update benchmark: tokens/s/GPU and MFU of ovlt's GRPO policy update (FSDP2, GRPO loss,
 AdamW step and FSDP communication included) for a Qwen2.5-VL-7B-shaped model at GRPO-like shapes.
 
-    python bench/actor_update.py --gpus 2 4 [--samples-per-rank 8] [--micro 2]
+    python bench/actor_update.py --gpus 2 4 [--samples-per-rank 16] [--micro 4] [--max-tokens 32768]
 
 Shapes: a ~500-token prompt holding one 504x504 image (324 image tokens, the paper's 262144-pixel
 budget) and a response of 100-2048 tokens (uniform, seeded). MFU = 6 * N * tokens / time /
 (989 TFLOP/s * GPUs), counting real tokens only (padding is waste, not work).
-Baseline (same run, same samples): plain transformers forward+backward of the same model with
-padded batches on one GPU, bf16, gradient checkpointing, no optimizer, no FSDP.
+
+Rows of the table, all in one run on the same samples:
+- ours: packed rows (`actor.padding_free`, no padding, attention within each sample) in
+  micro-batches by token budget (`actor.max_tokens_per_micro_batch`);
+- ours, padded: the same workers with right-padded micro-batches of `--micro` samples (the
+  previous path), run in the same processes after the packed steps;
+- baseline: plain transformers forward+backward of the same model with padded batches on one
+  GPU, bf16, gradient checkpointing, no optimizer, no FSDP (on a spare GPU alongside the
+  2-GPU run when the machine has one, else before it).
+Each worker also checks that packed and padded log-probs of the same samples agree (bf16 noise).
+
+`--model small` and `--device cpu` run the same code on a scaled model / the tiny CPU model (smoke tests).
 """
 
 from __future__ import annotations
@@ -25,127 +35,191 @@ import torch.multiprocessing as mp
 from common import PEAK_BF16_TFLOPS, qwen25vl_7b_config, record, table  # noqa: E402
 
 MODEL_DIR = os.environ.get("OVLT_BENCH_MODEL", "/tmp/ovlt-bench/qwen2_5_vl_7b_random")
-IMAGE_GRID = (1, 36, 36)  # 504x504 pixels: 1296 patches, 324 tokens after the 2x2 merge
-PROMPT_TOKENS = 500
 
 
-def build_model_dir() -> str:
-    """Save a random 7B-shaped model once (bf16 safetensors), so workers load it like a checkpoint."""
+def small_config():
+    """A ~1 B Qwen2.5-VL (7B's layout, narrower and shallower) for quick GPU smoke runs."""
+    cfg = qwen25vl_7b_config()
+    t, v = cfg.text_config, cfg.vision_config
+    t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads = 1536, 8960, 8, 12, 2
+    v.depth, v.out_hidden_size, v.fullatt_block_indexes = 8, 1536, [3, 7]
+    return cfg
+
+
+def build_model_dir(model: str, path: str) -> str:
+    """Save a random model once (bf16 safetensors), so that workers load it like a checkpoint."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    if os.path.exists(os.path.join(MODEL_DIR, "config.json")):
-        return MODEL_DIR
+    if model == "tiny":
+        from ovlt_rl.models.loading import resolve_model_path
+
+        return resolve_model_path("tiny")
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    config = qwen25vl_7b_config() if model == "7b" else small_config()
     with torch.device("cuda", 0):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(qwen25vl_7b_config(), dtype=torch.bfloat16)
-    model.generation_config.pad_token_id = 151643
-    model.config.pad_token_id = 151643
-    tmp = MODEL_DIR + ".tmp"
-    model.save_pretrained(tmp)
-    os.replace(tmp, MODEL_DIR)
-    del model
+        m = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    m.generation_config.pad_token_id = 151643
+    m.config.pad_token_id = 151643
+    tmp = path + ".tmp"
+    m.save_pretrained(tmp)
+    os.replace(tmp, path)
+    del m
     torch.cuda.empty_cache()
-    return MODEL_DIR
+    return path
 
 
-def make_samples(n: int, seed: int) -> list[dict]:
-    """GRPO samples: prompt with one image + a response of 100..2048 tokens, advantages and old log-probs."""
+def make_samples(n: int, seed: int, config, shapes: dict) -> list[dict]:
+    """GRPO samples: prompt with one image + a response of mixed length, advantages and old log-probs."""
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
-    n_img = IMAGE_GRID[1] * IMAGE_GRID[2] // 4
+    v = config.vision_config
+    grid = shapes["image_grid"]
+    n_img = grid[1] * grid[2] // v.spatial_merge_size**2
+    patch_dim = v.in_channels * v.temporal_patch_size * v.patch_size**2
+    # Random text below the special tokens (they sit just under <|vision_start|>, as in Qwen's vocabulary).
+    vocab = min(config.get_text_config().vocab_size, config.vision_start_token_id - 9)
+    prompt = shapes["prompt_tokens"]
     out = []
     for _ in range(n):
-        resp = rng.randint(100, 2048)
-        text = PROMPT_TOKENS - n_img - 2
+        resp = rng.randint(*shapes["response_tokens"])
+        text = prompt - n_img - 2
         ids = torch.cat([
-            torch.tensor([151652]), torch.full((n_img,), 151655), torch.tensor([151653]),
-            torch.randint(0, 150000, (text + resp,), generator=g),
+            torch.tensor([config.vision_start_token_id]), torch.full((n_img,), config.image_token_id),
+            torch.tensor([config.vision_end_token_id]), torch.randint(0, vocab, (text + resp,), generator=g),
         ])
-        mm = (ids == 151655).long()
-        L = len(ids)
-        loss_mask = torch.zeros(L)
-        loss_mask[PROMPT_TOKENS:] = 1
+        mm = (ids == config.image_token_id).long()
+        loss_mask = torch.zeros(len(ids))
+        loss_mask[prompt:] = 1
         out.append({
             "input_ids": ids, "mm_token_type_ids": mm, "loss_mask": loss_mask,
-            "pixel_values": torch.randn(IMAGE_GRID[1] * IMAGE_GRID[2], 1176, generator=g),
-            "image_grid_thw": torch.tensor([IMAGE_GRID]),
-            "advantages": loss_mask * (rng.random() - 0.5), "old_logprobs": -torch.rand(L, generator=g) * loss_mask,
+            "pixel_values": torch.randn(grid[1] * grid[2], patch_dim, generator=g),
+            "image_grid_thw": torch.tensor([grid]),
+            "advantages": loss_mask * (rng.random() - 0.5), "old_logprobs": -torch.rand(len(ids), generator=g) * loss_mask,
         })
     return out
 
 
-def _rank(rank, world, port, samples_per_rank, micro, steps, q, extra=()):
-    from ovlt_rl.config import load_config
-    from ovlt_rl.workers.policy import PolicyWorker
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
-    # One GPU per process, as Ray gives each policy actor: the worker then uses cuda:0.
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(rank)
-    os.environ["OVLT_TORCH_THREADS"] = "4"
+
+def _time_updates(w, samples, denom, steps, device) -> tuple[list[float], float]:
     import torch.distributed as dist
 
-    cfg = load_config("grpo", [
-        f"model.path={MODEL_DIR}", "model.gradient_checkpointing=true", "model.dtype=bf16", "trainer.device=cuda",
-        "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false", "reference.enabled=false",
-        f"actor.micro_batch_size={micro}", f"actor.global_batch_size={samples_per_rank * world}", "rollout.n=1",
-        f"data.rollout_batch_size={samples_per_rank * world}", "actor.lr=1e-6", *extra,
-    ])
-    w = PolicyWorker(cfg, MODEL_DIR, rank, world, "127.0.0.1", port)
-    w.setup(total_opt_steps=100)
-    samples = make_samples(samples_per_rank * world, seed=1)[rank::world]
-    tokens = sum(len(s["input_ids"]) for s in make_samples(samples_per_rank * world, seed=1))
-    padded = 0
-    for s0 in range(0, len(samples), micro):
-        chunk = samples[s0 : s0 + micro]
-        padded += max(len(s["input_ids"]) for s in chunk) * len(chunk)
-    denom = float(sum(int(s["loss_mask"].sum()) for s in make_samples(samples_per_rank * world, seed=1)))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = []
-    torch.cuda.reset_peak_memory_stats()
-    for i in range(steps + 1):
-        torch.cuda.synchronize()
+    for i in range(steps + 1):  # the first is a warm-up
+        _sync(device)
         dist.barrier()
         t0 = time.perf_counter()
         m = w.update_policy(samples, denom)
-        torch.cuda.synchronize()
+        _sync(device)
         dist.barrier()
         if i:
             times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    if m["actor/skipped"]:
+        raise RuntimeError("the benchmark update was skipped (non-finite grad norm)")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+    return times, peak
+
+
+def _rank(rank, world, port, args, model_dir, q):
+    from ovlt_rl.config import load_config
+    from ovlt_rl.workers.policy import PolicyWorker
+    from transformers import AutoConfig
+
+    if args.device == "cuda":  # one GPU per process, as Ray gives each policy actor: the worker uses cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.first_gpu + rank)
+    os.environ["OVLT_TORCH_THREADS"] = "4" if args.device == "cuda" else "1"
+    import torch.distributed as dist
+
+    n_total = args.samples_per_rank * world
+    cfg = load_config("grpo", [
+        f"model.path={model_dir}", "model.gradient_checkpointing=true", f"trainer.device={args.device}",
+        "model.dtype=" + ("bf16" if args.device == "cuda" else "fp32"),
+        "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false", "reference.enabled=false",
+        f"actor.micro_batch_size={args.micro}", f"actor.global_batch_size={n_total}", "rollout.n=1",
+        f"data.rollout_batch_size={n_total}", "actor.lr=1e-6", "actor.reshard_after_forward=false",
+        "actor.padding_free=true", f"actor.max_tokens_per_micro_batch={args.max_tokens}",
+    ])
+    w = PolicyWorker(cfg, model_dir, rank, world, "127.0.0.1", port)
+    w.setup(total_opt_steps=100)
+    everything = make_samples(n_total, 1, AutoConfig.from_pretrained(model_dir), args.shapes)
+    samples = everything[rank::world]
+    tokens = sum(len(s["input_ids"]) for s in everything)
+    denom = float(sum(int(s["loss_mask"][1:].sum()) for s in everything))
+    from ovlt_rl.workers.packed_attention import kernel_for
+
+    res = {"tokens": tokens, "attention": kernel_for(args.device, torch.bfloat16 if args.device == "cuda" else torch.float32)}
+
+    # Packed and padded log-probs of the same samples agree (bf16 kernels differ: small noise).
+    check = samples[:2]
+    packed_lp = w.compute_logprobs(check, "policy", 2)
+    cfg.actor.padding_free = False
+    padded_lp = w.compute_logprobs(check, "policy", 2)
+    res["logprob_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(packed_lp, padded_lp))
+
+    cfg.actor.padding_free, cfg.actor.max_tokens_per_micro_batch = True, args.max_tokens
+    res["packed_micro_batches"] = len(w._plan(samples, args.micro, args.max_tokens))
+    res["packed_times"], res["packed_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device)
+    cfg.actor.padding_free, cfg.actor.max_tokens_per_micro_batch = False, 0
+    res["padded_micro_batches"] = len(w._plan(samples, args.micro, 0))
+    res["padded_times"], res["padded_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device)
+    padded = sum(len(c) * max(len(samples[i]["input_ids"]) for i in c) for c, _ in w._plan(samples, args.micro, 0))
+    res["padding_fraction_rank0"] = 1 - sum(len(s["input_ids"]) for s in samples) / padded
+    # Peaks are per process; report the largest over ranks.
+    peaks = torch.tensor([res["packed_peak_gib"], res["padded_peak_gib"]], device=w.device)
+    dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+    res["packed_peak_gib"], res["padded_peak_gib"] = peaks.tolist()
     if rank == 0:
-        q.put({"times": times, "tokens": tokens, "peak_gib": peak, "grad_norm": m["actor/grad_norm"], "padded_rank0": padded})
-    dist.destroy_process_group()
+        q.put(res)
+    w.shutdown()
 
 
-def run_ours(world: int, samples_per_rank: int, micro: int, steps: int, extra: tuple = ()) -> dict:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+def start_ours(world: int, args, model_dir: str):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, world, port, samples_per_rank, micro, steps, q, extra)) for r in range(world)]
+    port = _free_port()
+    procs = [ctx.Process(target=_rank, args=(r, world, port, args, model_dir, q)) for r in range(world)]
     for p in procs:
         p.start()
-    res = q.get(timeout=1500)
-    for p in procs:
-        p.join()
-    return res
+    return procs, q
 
 
-def _baseline(samples_per_gpu: int, micro: int, steps: int, q):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def _baseline(args, model_dir, q):
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-    torch.cuda.set_device(0)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(MODEL_DIR, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+    dev = args.device
+    if dev == "cuda":
+        torch.cuda.set_device(args.baseline_gpu)
+    else:
+        torch.set_num_threads(1)
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(
+        torch.device(dev, args.baseline_gpu) if dev == "cuda" else dev)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    samples = make_samples(samples_per_gpu, seed=1)
+    samples = make_samples(args.samples_per_rank, 1, AutoConfig.from_pretrained(model_dir), args.shapes)
+    samples.sort(key=lambda s: len(s["input_ids"]))  # the same length-sorted micro-batches as ours, padded
     tokens = sum(len(s["input_ids"]) for s in samples)
+    device = model.device
     times = []
-    for i in range(steps + 1):
-        torch.cuda.synchronize()
+    for i in range(args.steps + 1):
+        _sync(dev)
         t0 = time.perf_counter()
-        for s0 in range(0, len(samples), micro):
-            chunk = samples[s0 : s0 + micro]
+        for s0 in range(0, len(samples), args.micro):
+            chunk = samples[s0 : s0 + args.micro]
             L = max(len(s["input_ids"]) for s in chunk)
-            ids = torch.full((len(chunk), L), 151643)
+            ids = torch.full((len(chunk), L), 0)
             att = torch.zeros((len(chunk), L), dtype=torch.long)
             mm = torch.zeros((len(chunk), L), dtype=torch.long)
             labels = torch.full((len(chunk), L), -100)
@@ -153,68 +227,119 @@ def _baseline(samples_per_gpu: int, micro: int, steps: int, q):
                 n = len(s["input_ids"])
                 ids[j, :n], att[j, :n], mm[j, :n] = s["input_ids"], 1, s["mm_token_type_ids"]
                 labels[j, :n] = torch.where(s["loss_mask"].bool(), s["input_ids"], -100)
-            out = model(input_ids=ids.cuda(), attention_mask=att.cuda(), mm_token_type_ids=mm.cuda(), labels=labels.cuda(),
-                        pixel_values=torch.cat([s["pixel_values"] for s in chunk]).cuda().bfloat16(),
-                        image_grid_thw=torch.cat([s["image_grid_thw"] for s in chunk]).cuda())
+            out = model(input_ids=ids.to(device), attention_mask=att.to(device), mm_token_type_ids=mm.to(device),
+                        labels=labels.to(device), pixel_values=torch.cat([s["pixel_values"] for s in chunk]).to(device, dtype),
+                        image_grid_thw=torch.cat([s["image_grid_thw"] for s in chunk]).to(device))
             out.loss.backward()
-        torch.cuda.synchronize()
+        _sync(dev)
         if i:
             times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
-    q.put({"times": times, "tokens": tokens, "peak_gib": torch.cuda.max_memory_allocated() / 2**30})
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
+    q.put({"times": times, "tokens": tokens, "peak_gib": peak})
 
 
-def run_baseline(samples: int, micro: int, steps: int) -> dict:
+def start_baseline(args, model_dir):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_baseline, args=(samples, micro, steps, q))
+    p = ctx.Process(target=_baseline, args=(args, model_dir, q))
     p.start()
-    res = q.get(timeout=1500)
-    p.join()
+    return [p], q
+
+
+def wait(procs, q, what: str) -> dict:
+    deadline = time.monotonic() + 1500
+    while True:
+        try:
+            res = q.get(timeout=5)
+            break
+        except Exception:  # noqa: BLE001 - queue.Empty; check that the workers are alive
+            if any(p.exitcode not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
+                raise RuntimeError(f"{what} failed: exit codes {[p.exitcode for p in procs]}")
+    for p in procs:
+        p.join()
     return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gpus", type=int, nargs="+", default=[2, 4])
-    ap.add_argument("--samples-per-rank", type=int, default=8)
-    ap.add_argument("--micro", type=int, default=2)
+    ap.add_argument("--samples-per-rank", type=int, default=16)
+    ap.add_argument("--micro", type=int, default=4, help="samples per padded micro-batch (padded row and baseline)")
+    ap.add_argument("--max-tokens", type=int, default=32768, help="token budget per packed micro-batch (ours)")
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--no-reshard", action="store_true", help="actor.reshard_after_forward=false")
+    ap.add_argument("--model", choices=["7b", "small", "tiny"], default="7b")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--no-record", action="store_true", help="print only (smoke runs)")
     args = ap.parse_args()
-    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401 (fail early)
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-    build_model_dir()
-    from transformers import AutoConfig
-
+    if args.model == "tiny":  # CPU smoke shapes: 16 image tokens, short responses
+        args.shapes = {"prompt_tokens": 40, "image_grid": (1, 8, 8), "response_tokens": (5, 60)}
+    else:
+        args.shapes = {"prompt_tokens": 500, "image_grid": (1, 36, 36), "response_tokens": (100, 2048)}
+    n_dev = torch.cuda.device_count() if args.device == "cuda" else 64
+    path = MODEL_DIR if args.model == "7b" else MODEL_DIR.replace("7b", args.model)
+    model_dir = build_model_dir(args.model, path)
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(MODEL_DIR)).parameters())
-    rows = []
-    base = run_baseline(args.samples_per_rank, args.micro, args.steps)
+        n_params = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_dir)).parameters())
+    worlds = [w for w in args.gpus if w <= n_dev]
+    for w in args.gpus:
+        if w > n_dev:
+            print(f"skipping {w} GPUs: only {n_dev} visible")
+
+    def mfu(tokens, secs, gpus):
+        return 6 * n_params * tokens / secs / (PEAK_BF16_TFLOPS * 1e12 * gpus)
+
+    # On a machine with a GPU to spare, the baseline runs on the first GPU the smallest run leaves
+    # free, at the same time as that run (no shared GPU or link); otherwise alone, before it.
+    concurrent = args.device == "cuda" and bool(worlds) and worlds[0] < n_dev
+    args.first_gpu, args.baseline_gpu = 0, (worlds[0] if concurrent else 0)
+    base_run = start_baseline(args, model_dir)
+    if not concurrent:
+        base = wait(*base_run, "baseline")
+    results = {}
+    for world in worlds:
+        results[world] = wait(*start_ours(world, args, model_dir), f"ovlt on {world} GPUs")
+        if concurrent and world == worlds[0]:
+            base = wait(*base_run, "baseline")
+
     b_s = statistics.median(base["times"])
-    b_tps = base["tokens"] / b_s
-    b_mfu = 6 * n_params * base["tokens"] / b_s / (PEAK_BF16_TFLOPS * 1e12)
-    rows.append({"run": "baseline: transformers fwd+bwd, 1 GPU", "gpus": 1, "tokens/s/GPU": b_tps, "MFU": b_mfu, "peak GiB": base["peak_gib"]})
-    for world in args.gpus:
-        if world > torch.cuda.device_count():
-            print(f"skipping {world} GPUs: only {torch.cuda.device_count()} visible")
-            continue
-        extra = ("actor.reshard_after_forward=false",) if args.no_reshard else ()
-        res = run_ours(world, args.samples_per_rank, args.micro, args.steps, extra)
-        secs = statistics.median(res["times"])
-        tps = res["tokens"] / secs / world
-        mfu = 6 * n_params * res["tokens"] / secs / (PEAK_BF16_TFLOPS * 1e12 * world)
-        rows.append({"run": "ovlt: FSDP2 GRPO update + AdamW" + (" (no reshard)" if args.no_reshard else ""), "gpus": world, "tokens/s/GPU": tps, "MFU": mfu, "peak GiB": res["peak_gib"]})
-        record("actor_update", n_gpu=world,
-               config={"model": "Qwen2.5-VL-7B-shaped", "params": n_params, "samples_per_rank": args.samples_per_rank,
-                       "micro_batch": args.micro, "prompt_tokens": PROMPT_TOKENS, "image_grid": IMAGE_GRID,
-                       "response_tokens": "uniform 100-2048", "gradient_checkpointing": True,
-                       "reshard_after_forward": not args.no_reshard, "dtype": "bf16 compute, fp32 master"},
-               figures={"mfu": mfu, "tokens_per_s_per_gpu": tps, "seconds_per_update": secs, "peak_gib": res["peak_gib"],
-                        "tokens_per_update": res["tokens"]},
-               baseline={"name": "transformers forward+backward, padded, 1 GPU, no optimizer", "mfu": b_mfu,
-                         "tokens_per_s_per_gpu": b_tps, "peak_gib": base["peak_gib"]})
-    print(table(rows, ["run", "gpus", "tokens/s/GPU", "MFU", "peak GiB"]))
+    b_tps, b_mfu = base["tokens"] / b_s, mfu(base["tokens"], b_s, 1)
+    rows = [{"run": f"baseline: transformers fwd+bwd, padded micro {args.micro}", "gpus": 1, "tokens/s/GPU": b_tps,
+             "MFU": b_mfu, "peak GiB": base["peak_gib"]}]
+    for world, res in results.items():
+        figures = {}
+        for kind in ("packed", "padded"):
+            secs = statistics.median(res[f"{kind}_times"])
+            figures[kind] = {"mfu": mfu(res["tokens"], secs, world), "tokens_per_s_per_gpu": res["tokens"] / secs / world,
+                             "seconds_per_update": secs, "peak_gib": res[f"{kind}_peak_gib"],
+                             "micro_batches_per_rank": res[f"{kind}_micro_batches"]}
+        rows.append({"run": f"ovlt: packed, <= {args.max_tokens} tokens/micro-batch", "gpus": world,
+                     "tokens/s/GPU": figures["packed"]["tokens_per_s_per_gpu"], "MFU": figures["packed"]["mfu"],
+                     "peak GiB": figures["packed"]["peak_gib"], "micro/rank": res["packed_micro_batches"]})
+        rows.append({"run": f"ovlt: padded, micro {args.micro}", "gpus": world,
+                     "tokens/s/GPU": figures["padded"]["tokens_per_s_per_gpu"], "MFU": figures["padded"]["mfu"],
+                     "peak GiB": figures["padded"]["peak_gib"], "micro/rank": res["padded_micro_batches"]})
+        print(f"{world} GPUs: packed rows attend with {res['attention']}; packed vs padded log-probs max |diff| {res['logprob_max_abs_diff']:.3g}; "
+              f"padding in the padded micro-batches (rank 0): {res['padding_fraction_rank0']:.1%}")
+        if not args.no_record:
+            record("actor_update", n_gpu=world,
+                   config={"model": f"Qwen2.5-VL-{args.model}-shaped", "params": n_params, "samples_per_rank": args.samples_per_rank,
+                           "max_tokens_per_micro_batch": args.max_tokens, "padded_micro_batch": args.micro,
+                           "prompt_tokens": args.shapes["prompt_tokens"], "image_grid": args.shapes["image_grid"],
+                           "response_tokens": "uniform %d-%d" % args.shapes["response_tokens"], "gradient_checkpointing": True,
+                           "reshard_after_forward": False, "dtype": "bf16 compute, fp32 master", "padding_free": True,
+                           "packed_attention": res["attention"]},
+                   figures={**figures["packed"], "tokens_per_update": res["tokens"],
+                            "packed_vs_padded_logprob_max_abs_diff": res["logprob_max_abs_diff"],
+                            "padded": figures["padded"], "padding_fraction_padded_rank0": res["padding_fraction_rank0"]},
+                   baseline={"name": f"transformers forward+backward, padded micro {args.micro}, 1 GPU, no optimizer",
+                             "mfu": b_mfu, "tokens_per_s_per_gpu": b_tps, "peak_gib": base["peak_gib"]})
+    print(table(rows, ["run", "gpus", "tokens/s/GPU", "MFU", "peak GiB", "micro/rank"]))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,13 @@ def _varlen():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+def kernel_for(device_type: str, dtype: torch.dtype) -> str:
+    """Which attention packed rows get on this device and dtype (for logs and benchmark records)."""
+    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _varlen() is not None:
+        return "torch varlen flash attention"
+    return "SDPA per sample"
+
+
 def _flash_varlen(query, key, value, cu, max_len, scaling):
     """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], or None if unsupported here."""
     found = _varlen()

@@ -21,6 +21,10 @@ def model_path():
 
 @pytest.fixture(scope="module")
 def samples(model_path):
+    return _samples_for(model_path)
+
+
+def _samples_for(model_path):
     """Mixed lengths, images of different (non-square) sizes, and one text-only sample."""
     processor = load_processor(model_path)
     g = torch.Generator().manual_seed(0)
