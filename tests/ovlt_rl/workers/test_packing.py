@@ -10,7 +10,7 @@ from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.models.loading import load_model, load_processor, resolve_model_path
 from ovlt_rl.workers.packed_attention import NAME, segments, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
-from ovlt_rl.workers.sequences import build_batch, make_sample, token_logprobs
+from ovlt_rl.workers.sequences import build_batch, head_logprobs, make_sample, token_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,25 @@ def test_split_to_count_matches_other_ranks():
     assert len(groups) == 5 and dummies == 2  # one sample each, then two dummy micro-batches
     with pytest.raises(ValueError, match="more than the target"):
         split_to_count(groups, lengths, 3, padded=False)
+
+
+@pytest.mark.parametrize("entropy_grad", [False, True])
+def test_chunked_head_matches_full_log_softmax(entropy_grad):
+    g = torch.Generator().manual_seed(5)
+    head = torch.nn.Linear(16, 50, bias=False)
+    hidden = torch.randn(37, 16, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (37,), generator=g)
+    w = torch.randn(37, generator=g)
+    lp, ent = head_logprobs(head, hidden, labels, with_entropy=True, entropy_grad=entropy_grad, chunk_size=8)
+    loss = (lp * w).sum() + (ent.sum() if entropy_grad else 0)
+    got = torch.autograd.grad(loss, (hidden, head.weight))
+
+    logp = torch.log_softmax(head(hidden), dim=-1)
+    lp_ref = logp.gather(-1, labels[:, None]).squeeze(-1)
+    ent_ref = -(logp.exp() * logp).sum(-1)
+    loss_ref = (lp_ref * w).sum() + (ent_ref.sum() if entropy_grad else 0)
+    want = torch.autograd.grad(loss_ref, (hidden, head.weight))
+    assert (lp - lp_ref).abs().max() < 1e-5 and (ent - ent_ref).abs().max() < 1e-5
+    assert ent.requires_grad == entropy_grad
+    for a, b in zip(got, want):
+        assert (a - b).abs().max() < 1e-5
