@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 
 import torch
 
 NAME = "ovlt_packed"
+log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
@@ -53,26 +55,36 @@ def _varlen():
     return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
 
 
+@functools.lru_cache(maxsize=8)
+def _varlen_works(device: torch.device, dtype: torch.dtype) -> bool:
+    """Run the kernel once, forward and backward, on a tiny GQA input: a torch whose varlen op
+    lacks a backward (or this GPU) then gets the per-sample path with a warning, not a crash."""
+    try:
+        q = torch.randn(5, 4, 64, device=device, dtype=dtype, requires_grad=True)
+        kv = torch.randn(5, 2, 64, device=device, dtype=dtype, requires_grad=True)
+        cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
+        with torch.enable_grad():
+            out = _call_varlen(q, kv, kv, cu, 3, 64**-0.5)
+            out.float().sum().backward()
+        return bool(torch.isfinite(q.grad).all())
+    except Exception as e:  # noqa: BLE001 - any failure means: don't use it
+        log.warning("torch varlen flash attention unusable here (%s); packed rows use SDPA per sample", e)
+        return False
+
+
 def kernel_for(device_type: str, dtype: torch.dtype) -> str:
     """Which attention packed rows get on this device and dtype (for logs and benchmark records)."""
-    if device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _varlen() is not None:
+    usable = device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _varlen() is not None
+    if usable and _varlen_works(torch.device("cuda", torch.cuda.current_device()), dtype):
         return "torch varlen flash attention"
     return "SDPA per sample"
 
 
-def _flash_varlen(query, key, value, cu, max_len, scaling):
-    """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], or None if unsupported here."""
-    found = _varlen()
-    if found is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return None
-    fn, params = found
-    head_dim = query.shape[-1]
-    default_scale = head_dim**-0.5
-    if scaling is not None and abs(scaling - default_scale) > 1e-6 * default_scale and "scale" not in params:
-        return None
-    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, heads, D]
+def _call_varlen(q, k, v, cu, max_len, scaling):
+    """varlen_attn on [T, heads, D] tensors, causal, across torch's two API versions."""
+    fn, params = _varlen()
     kw = {}
-    if "scale" in params and scaling is not None:
+    if "scale" in params:
         kw["scale"] = scaling
     if "window_size" in params:  # torch >= 2.12: causal is window (-1, 0)
         kw["window_size"] = (-1, 0)
@@ -84,8 +96,22 @@ def _flash_varlen(query, key, value, cu, max_len, scaling):
         else:  # older API: give every query head its key/value head
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    out = fn(q, k, v, cu, cu, max_len, max_len, **kw)
-    return out[None]
+    return fn(q, k, v, cu, cu, max_len, max_len, **kw)
+
+
+def _flash_varlen(query, key, value, cu, max_len, scaling):
+    """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], or None if unsupported here."""
+    found = _varlen()
+    if found is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    head_dim = query.shape[-1]
+    scaling = head_dim**-0.5 if scaling is None else scaling
+    if abs(scaling - head_dim**-0.5) > 1e-6 * head_dim**-0.5 and "scale" not in found[1]:
+        return None  # an old varlen_attn without `scale` uses 1/sqrt(D) only
+    if not _varlen_works(query.device, query.dtype):
+        return None
+    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, heads, D]
+    return _call_varlen(q, k, v, cu, max_len, scaling)[None]
 
 
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, dropout=0.0, scaling=None, **kwargs):

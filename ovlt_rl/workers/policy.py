@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import Config
-from ovlt_rl.workers.packed_attention import use_packed_attention
+from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.sequences import build_batch, token_logprobs
 
@@ -120,7 +120,7 @@ class PolicyWorker:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         self.hf_config = model.config
-        self._prepare_attention(model)
+        self._prepare_attention(model, compute_dtype)
         # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
         self._positions = functools.partial(mrope_positions, model.model)
         self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=cfg.actor.reshard_after_forward)
@@ -130,7 +130,7 @@ class PolicyWorker:
         if cfg.reference.enabled and cfg.actor.use_kl_loss:
             ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
             ref.requires_grad_(False)
-            self._prepare_attention(ref)
+            self._prepare_attention(ref, compute_dtype)
             self.ref = shard_model(ref, mp_dtype=mp)
             self.ref.eval()
 
@@ -147,13 +147,15 @@ class PolicyWorker:
         )
         return {"params": n_params, "trainable": sum(p.numel() for p in trainable), "device": str(self.device)}
 
-    def _prepare_attention(self, model: nn.Module) -> None:
+    def _prepare_attention(self, model: nn.Module, compute_dtype: torch.dtype) -> None:
         """Packed rows need attention that stays within each sample. flash_attention_2 and eager
         do that by themselves from the position ids (varlen kernel, block-diagonal mask); sdpa is
         switched to ovlt's packed attention (torch's varlen flash kernel on GPU, SDPA per sample
         otherwise), which runs padded batches exactly like sdpa."""
         if self.cfg.actor.padding_free and self.cfg.model.attn_implementation == "sdpa":
             use_packed_attention(model)
+            # Probes the varlen kernel here, outside any forward (it runs a tiny backward).
+            log.info("rank %d: packed rows attend with %s", self.rank, kernel_for(self.device.type, compute_dtype))
 
     # -- micro-batches -----------------------------------------------------------------------------
 
