@@ -67,7 +67,7 @@ def build_model(kind: str, out: Path) -> str:
     config = tiny_config(processor.tokenizer, **SHAPES[kind], **VISION, mrope_section=(16, 24, 24),
                          max_position_embeddings=32768, tie_word_embeddings=False)
     config.vision_config.fullatt_block_indexes = [7, 15, 23, 31]  # as in the real vision tower
-    with torch.device("cuda", 0):
+    with torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     model.generation_config = GenerationConfig.from_pretrained(tok_dir)
     tmp = out.with_name(out.name + ".tmp")
@@ -75,8 +75,6 @@ def build_model(kind: str, out: Path) -> str:
     processor.save_pretrained(tmp)
     os.replace(tmp, out)
     shutil.rmtree(tok_dir.parent, ignore_errors=True)
-    del model
-    torch.cuda.empty_cache()
     return str(out)
 
 
