@@ -185,7 +185,7 @@ def main() -> None:
     if args.no_record or args.device != "cuda":
         return
     last = per_step[-1]
-    record("grpo_step", n_gpu=gpus,
+    record("grpo_step", n_gpu=int(gpus),
            config={"model": f"Qwen2.5-VL-{args.model}-shaped, tokenizer vocabulary {len(__import__('transformers').AutoTokenizer.from_pretrained(model_dir))}",
                    "policy_gpus": args.policy_gpus, "rollout_gpus": args.rollout_gpus, "prompts_per_step": args.prompts,
                    "n": args.n, "max_response_tokens": args.max_response, "updates_per_step": 4,
