@@ -35,6 +35,13 @@ import torch.multiprocessing as mp
 from common import PEAK_BF16_TFLOPS, qwen25vl_7b_config, record, table  # noqa: E402
 
 MODEL_DIR = os.environ.get("OVLT_BENCH_MODEL", "/tmp/ovlt-bench/qwen2_5_vl_7b_random")
+# One clock for the parent and its spawned workers (they inherit the environment).
+T0 = float(os.environ.setdefault("OVLT_BENCH_T0", str(time.time())))
+
+
+def say(msg: str) -> None:
+    """Progress with the seconds since start, so that a run cut off by a time limit still tells where it was."""
+    print(f"[+{time.time() - T0:.0f}s] {msg}", flush=True)
 
 
 def small_config():
@@ -105,7 +112,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_updates(w, samples, denom, steps, device) -> tuple[list[float], float]:
+def _time_updates(w, samples, denom, steps, device, label) -> tuple[list[float], float]:
     import torch.distributed as dist
 
     if device == "cuda":
@@ -120,6 +127,8 @@ def _time_updates(w, samples, denom, steps, device) -> tuple[list[float], float]
         dist.barrier()
         if i:
             times.append(time.perf_counter() - t0)
+        if w.rank == 0:
+            say(f"{label}: update {i} ({'timed' if i else 'warm-up'}) {time.perf_counter() - t0:.2f} s")
     if m["actor/skipped"]:
         raise RuntimeError("the benchmark update was skipped (non-finite grad norm)")
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
@@ -147,6 +156,8 @@ def _rank(rank, world, port, args, model_dir, q):
     ])
     w = PolicyWorker(cfg, model_dir, rank, world, "127.0.0.1", port)
     w.setup(total_opt_steps=100)
+    if rank == 0:
+        say(f"{world} ranks: model loaded and sharded")
     everything = make_samples(n_total, 1, AutoConfig.from_pretrained(model_dir), args.shapes)
     samples = everything[rank::world]
     tokens = sum(len(s["input_ids"]) for s in everything)
@@ -161,13 +172,17 @@ def _rank(rank, world, port, args, model_dir, q):
     cfg.actor.padding_free = False
     padded_lp = w.compute_logprobs(check, "policy", 2)
     res["logprob_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(packed_lp, padded_lp))
+    if rank == 0:
+        say(f"{world} ranks: packed vs padded log-probs max |diff| {res['logprob_max_abs_diff']:.3g} ({res['attention']})")
 
     cfg.actor.padding_free, cfg.actor.max_tokens_per_micro_batch = True, args.max_tokens
     res["packed_micro_batches"] = len(w._plan(samples, args.micro, args.max_tokens))
-    res["packed_times"], res["packed_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device)
+    res["packed_times"], res["packed_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device,
+                                                                   f"{world} GPUs, packed")
     cfg.actor.padding_free, cfg.actor.max_tokens_per_micro_batch = False, 0
     res["padded_micro_batches"] = len(w._plan(samples, args.micro, 0))
-    res["padded_times"], res["padded_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device)
+    res["padded_times"], res["padded_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device,
+                                                                   f"{world} GPUs, padded")
     padded = sum(len(c) * max(len(samples[i]["input_ids"]) for i in c) for c, _ in w._plan(samples, args.micro, 0))
     res["padding_fraction_rank0"] = 1 - sum(len(s["input_ids"]) for s in samples) / padded
     # Peaks are per process; report the largest over ranks.
@@ -176,7 +191,10 @@ def _rank(rank, world, port, args, model_dir, q):
     res["packed_peak_gib"], res["padded_peak_gib"] = peaks.tolist()
     if rank == 0:
         q.put(res)
+        q.close()
+        q.join_thread()
     w.shutdown()
+    os._exit(0)  # skip the interpreter's teardown (seconds per process, and the parent joins us)
 
 
 def _free_port() -> int:
@@ -234,9 +252,13 @@ def _baseline(args, model_dir, q):
         _sync(dev)
         if i:
             times.append(time.perf_counter() - t0)
+        say(f"baseline: fwd+bwd pass {i} ({'timed' if i else 'warm-up'}) {time.perf_counter() - t0:.2f} s")
         model.zero_grad(set_to_none=True)
     peak = torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0
     q.put({"times": times, "tokens": tokens, "peak_gib": peak})
+    q.close()
+    q.join_thread()
+    os._exit(0)
 
 
 def start_baseline(args, model_dir):
@@ -283,6 +305,7 @@ def main() -> None:
         args.shapes = {"prompt_tokens": 500, "image_grid": (1, 36, 36), "response_tokens": (100, 2048)}
     n_dev = torch.cuda.device_count() if args.device == "cuda" else 64
     path = MODEL_DIR if args.model == "7b" else MODEL_DIR.replace("7b", args.model)
+    say(f"building or finding the {args.model} model")
     model_dir = build_model_dir(args.model, path)
     with torch.device("meta"):
         n_params = sum(p.numel() for p in Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_dir)).parameters())
@@ -296,50 +319,58 @@ def main() -> None:
 
     # On a machine with a GPU to spare, the baseline runs on the first GPU the smallest run leaves
     # free, at the same time as that run (no shared GPU or link); otherwise alone, before it.
+    # Each world size is printed and recorded as soon as it is done.
     concurrent = args.device == "cuda" and bool(worlds) and worlds[0] < n_dev
     args.first_gpu, args.baseline_gpu = 0, (worlds[0] if concurrent else 0)
+    say(f"model ready ({n_params / 1e9:.2f} B parameters); starting the baseline")
     base_run = start_baseline(args, model_dir)
-    if not concurrent:
-        base = wait(*base_run, "baseline")
-    results = {}
+    base = None if concurrent else wait(*base_run, "baseline")
+    rows = []
     for world in worlds:
-        results[world] = wait(*start_ours(world, args, model_dir), f"ovlt on {world} GPUs")
-        if concurrent and world == worlds[0]:
+        res = wait(*start_ours(world, args, model_dir), f"ovlt on {world} GPUs")
+        if base is None:
             base = wait(*base_run, "baseline")
+        if not rows:
+            b_s = statistics.median(base["times"])
+            b_tps, b_mfu = base["tokens"] / b_s, mfu(base["tokens"], b_s, 1)
+            rows.append({"run": f"baseline: transformers fwd+bwd, padded micro {args.micro}", "gpus": 1,
+                         "tokens/s/GPU": b_tps, "MFU": b_mfu, "peak GiB": base["peak_gib"]})
+            baseline = {"name": f"transformers forward+backward, padded micro {args.micro}, 1 GPU, no optimizer",
+                        "mfu": b_mfu, "tokens_per_s_per_gpu": b_tps, "peak_gib": base["peak_gib"]}
+        rows += report(world, res, args, n_params, mfu, baseline)
+        print(table(rows, ["run", "gpus", "tokens/s/GPU", "MFU", "peak GiB", "micro/rank"]), flush=True)
 
-    b_s = statistics.median(base["times"])
-    b_tps, b_mfu = base["tokens"] / b_s, mfu(base["tokens"], b_s, 1)
-    rows = [{"run": f"baseline: transformers fwd+bwd, padded micro {args.micro}", "gpus": 1, "tokens/s/GPU": b_tps,
-             "MFU": b_mfu, "peak GiB": base["peak_gib"]}]
-    for world, res in results.items():
-        figures = {}
-        for kind in ("packed", "padded"):
-            secs = statistics.median(res[f"{kind}_times"])
-            figures[kind] = {"mfu": mfu(res["tokens"], secs, world), "tokens_per_s_per_gpu": res["tokens"] / secs / world,
-                             "seconds_per_update": secs, "peak_gib": res[f"{kind}_peak_gib"],
-                             "micro_batches_per_rank": res[f"{kind}_micro_batches"]}
-        rows.append({"run": f"ovlt: packed, <= {args.max_tokens} tokens/micro-batch", "gpus": world,
-                     "tokens/s/GPU": figures["packed"]["tokens_per_s_per_gpu"], "MFU": figures["packed"]["mfu"],
-                     "peak GiB": figures["packed"]["peak_gib"], "micro/rank": res["packed_micro_batches"]})
-        rows.append({"run": f"ovlt: padded, micro {args.micro}", "gpus": world,
-                     "tokens/s/GPU": figures["padded"]["tokens_per_s_per_gpu"], "MFU": figures["padded"]["mfu"],
-                     "peak GiB": figures["padded"]["peak_gib"], "micro/rank": res["padded_micro_batches"]})
-        print(f"{world} GPUs: packed rows attend with {res['attention']}; packed vs padded log-probs max |diff| {res['logprob_max_abs_diff']:.3g}; "
-              f"padding in the padded micro-batches (rank 0): {res['padding_fraction_rank0']:.1%}")
-        if not args.no_record:
-            record("actor_update", n_gpu=world,
-                   config={"model": f"Qwen2.5-VL-{args.model}-shaped", "params": n_params, "samples_per_rank": args.samples_per_rank,
-                           "max_tokens_per_micro_batch": args.max_tokens, "padded_micro_batch": args.micro,
-                           "prompt_tokens": args.shapes["prompt_tokens"], "image_grid": args.shapes["image_grid"],
-                           "response_tokens": "uniform %d-%d" % args.shapes["response_tokens"], "gradient_checkpointing": True,
-                           "reshard_after_forward": False, "dtype": "bf16 compute, fp32 master", "padding_free": True,
-                           "packed_attention": res["attention"]},
-                   figures={**figures["packed"], "tokens_per_update": res["tokens"],
-                            "packed_vs_padded_logprob_max_abs_diff": res["logprob_max_abs_diff"],
-                            "padded": figures["padded"], "padding_fraction_padded_rank0": res["padding_fraction_rank0"]},
-                   baseline={"name": f"transformers forward+backward, padded micro {args.micro}, 1 GPU, no optimizer",
-                             "mfu": b_mfu, "tokens_per_s_per_gpu": b_tps, "peak_gib": base["peak_gib"]})
-    print(table(rows, ["run", "gpus", "tokens/s/GPU", "MFU", "peak GiB", "micro/rank"]))
+
+def report(world: int, res: dict, args, n_params: int, mfu, baseline: dict) -> list[dict]:
+    """Table rows of one world size; appends its record to results.jsonl."""
+    figures = {}
+    for kind in ("packed", "padded"):
+        secs = statistics.median(res[f"{kind}_times"])
+        figures[kind] = {"mfu": mfu(res["tokens"], secs, world), "tokens_per_s_per_gpu": res["tokens"] / secs / world,
+                         "seconds_per_update": secs, "peak_gib": res[f"{kind}_peak_gib"],
+                         "micro_batches_per_rank": res[f"{kind}_micro_batches"]}
+    say(f"{world} GPUs: packed rows attend with {res['attention']}; packed vs padded log-probs max |diff| "
+        f"{res['logprob_max_abs_diff']:.3g}; padding in the padded micro-batches (rank 0): {res['padding_fraction_rank0']:.1%}")
+    if not args.no_record:
+        record("actor_update", n_gpu=world,
+               config={"model": f"Qwen2.5-VL-{args.model}-shaped", "params": n_params, "samples_per_rank": args.samples_per_rank,
+                       "max_tokens_per_micro_batch": args.max_tokens, "padded_micro_batch": args.micro,
+                       "prompt_tokens": args.shapes["prompt_tokens"], "image_grid": args.shapes["image_grid"],
+                       "response_tokens": "uniform %d-%d" % args.shapes["response_tokens"], "gradient_checkpointing": True,
+                       "reshard_after_forward": False, "dtype": "bf16 compute, fp32 master", "padding_free": True,
+                       "packed_attention": res["attention"]},
+               figures={**figures["packed"], "tokens_per_update": res["tokens"],
+                        "packed_vs_padded_logprob_max_abs_diff": res["logprob_max_abs_diff"],
+                        "padded": figures["padded"], "padding_fraction_padded_rank0": res["padding_fraction_rank0"]},
+               baseline=baseline)
+    return [
+        {"run": f"ovlt: packed, <= {args.max_tokens} tokens/micro-batch", "gpus": world,
+         "tokens/s/GPU": figures["packed"]["tokens_per_s_per_gpu"], "MFU": figures["packed"]["mfu"],
+         "peak GiB": figures["packed"]["peak_gib"], "micro/rank": res["packed_micro_batches"]},
+        {"run": f"ovlt: padded, micro {args.micro}", "gpus": world,
+         "tokens/s/GPU": figures["padded"]["tokens_per_s_per_gpu"], "MFU": figures["padded"]["mfu"],
+         "peak GiB": figures["padded"]["peak_gib"], "micro/rank": res["padded_micro_batches"]},
+    ]
 
 
 if __name__ == "__main__":

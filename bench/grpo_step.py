@@ -117,7 +117,7 @@ def overrides(args, model_dir: str, data: Path, out: Path) -> list[str]:
         "actor.use_kl_loss=true", "actor.kl_coef=1e-2", "actor.kl_type=low_var_kl", "reference.enabled=true",
         "reward.fn=openvlthinker", "reward.num_workers=4",
         f"trainer.device={args.device}", f"trainer.total_steps={args.steps}", "trainer.val_every=0",
-        "trainer.val_before_train=false", "trainer.save_hf=false", "trainer.loggers=[jsonl]", f"trainer.output_dir={out}",
+        "trainer.val_before_train=false", "trainer.save_hf=false", "trainer.loggers=[console,jsonl]", f"trainer.output_dir={out}",
         *args.extra,
     ]
 
