@@ -147,7 +147,7 @@ def warm_up_generate(model, engine) -> None:
     """One small `generate` so the first measured batch doesn't pay CUDA/cuBLAS initialisation."""
     from ovlt_rl.engines.hf import batch_prompts
 
-    inputs = batch_prompts(make_prompts(2, 256, seed=0), engine.pad_id, engine.device)
+    inputs = batch_prompts(make_prompts(2, 512, seed=0), engine.pad_id, engine.device)
     model.generate(**inputs, max_new_tokens=2, do_sample=False, pad_token_id=engine.pad_id)
 
 
