@@ -98,8 +98,8 @@ class RolloutConfig:
     or "auto" (on for CUDA devices, off on CPU). Both give the same tokens under greedy decoding."""
     hf_decode_compile: bool = True
     """With the fast path on a GPU, torch.compile (inductor) the per-layer parts of the decode step:
-    ~30 s once per batch size, ~16% faster decode steps (7B, batch 128, H100). Falls back to eager,
-    with a warning, if compiling fails."""
+    ~10 s at the first call (and once more for a second batch size), decode steps 14.2 -> 11.9 ms
+    (7B, batch 128, H100). Falls back to eager, with a warning, if compiling fails."""
     tensor_parallel_size: int = 1
     """vLLM tensor parallel size."""
     gpu_memory_utilization: float = 0.6
