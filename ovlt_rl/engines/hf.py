@@ -50,7 +50,12 @@ def batch_prompts(prompts: list[dict[str, Any]], pad_token_id: int, device: torc
 
 
 class HFEngine:
-    """A Qwen2.5-VL model in eval mode, generating with transformers."""
+    """A Qwen2.5-VL model in eval mode, generating with transformers.
+
+    `fast_decode` ("auto", "on", "off"; rollout.hf_fast_decode) picks the generation path (module
+    docstring); `decode_compile` is the torch.compile backend for the fast path's decode step on
+    GPUs (None: eager; rollout.hf_decode_compile). `micro_batch_size` sequences are generated at once.
+    """
 
     def __init__(
         self,
