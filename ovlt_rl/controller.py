@@ -79,11 +79,14 @@ class Run:
     def _weight_sync_mode(self, policy_device: str) -> str:
         r = self.cfg.rollout
         on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine == "hf"
-        if r.weight_sync == "nccl" and not on_gpu:
-            raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs "
-                             "(actor.gpus_per_worker, rollout.gpus_per_worker > 0)")
+        # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
+        # (fractional gpus_per_worker) go through the object store.
+        whole_gpus = r.gpus_per_worker >= 1 and self.cfg.actor.gpus_per_worker >= 1
+        if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
+            raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs of their own "
+                             "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
         if r.weight_sync == "auto":
-            return "nccl" if on_gpu else "object_store"
+            return "nccl" if on_gpu and whole_gpus else "object_store"
         return r.weight_sync
 
     def sync_weights(self) -> float:
