@@ -34,6 +34,21 @@ log = logging.getLogger("ovlt")
 # Shared set-up
 
 
+def weight_sync_mode(cfg: Config, policy_device: str) -> str:
+    """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync)."""
+    r = cfg.rollout
+    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine == "hf"
+    # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
+    # (fractional gpus_per_worker) go through the object store.
+    whole_gpus = r.gpus_per_worker >= 1 and cfg.actor.gpus_per_worker >= 1
+    if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
+        raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs of their own "
+                         "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
+    if r.weight_sync == "auto":
+        return "nccl" if on_gpu and whole_gpus else "object_store"
+    return r.weight_sync
+
+
 class Run:
     """What both loops need: output folder, model path, processor, Ray, workers, checkpoints."""
 
@@ -64,7 +79,7 @@ class Run:
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
-        self.sync_mode = self._weight_sync_mode(info["device"]) if with_rollout else None
+        self.sync_mode = weight_sync_mode(self.cfg, info["device"]) if with_rollout else None
         if self.sync_mode == "nccl":
             import ray
 
@@ -75,19 +90,6 @@ class Run:
                     + [w.init_weight_sync.remote(host, port, world) for w in self.policy.workers[1:]])
         if with_rollout:
             log.info("weight sync: %s", self.sync_mode)
-
-    def _weight_sync_mode(self, policy_device: str) -> str:
-        r = self.cfg.rollout
-        on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine == "hf"
-        # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
-        # (fractional gpus_per_worker) go through the object store.
-        whole_gpus = r.gpus_per_worker >= 1 and self.cfg.actor.gpus_per_worker >= 1
-        if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
-            raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs of their own "
-                             "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
-        if r.weight_sync == "auto":
-            return "nccl" if on_gpu and whole_gpus else "object_store"
-        return r.weight_sync
 
     def sync_weights(self) -> float:
         """Push the policy's weights to the rollout workers; returns seconds.
