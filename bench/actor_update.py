@@ -50,6 +50,8 @@ def small_config():
     t, v = cfg.text_config, cfg.vision_config
     t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads = 1536, 8960, 8, 12, 2
     v.depth, v.out_hidden_size, v.fullatt_block_indexes = 8, 1536, [3, 7]
+    # One layer type per layer: the 7B config's list has 28, and loading the saved config checks the count.
+    t.layer_types = t.layer_types[: t.num_hidden_layers]
     return cfg
 
 
