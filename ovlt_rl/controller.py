@@ -370,14 +370,15 @@ def run_grpo(cfg: Config) -> Path:
             world = run.policy.world_size
             shares = split_for_ranks(samples, world)
             t0 = time.perf_counter()
-            old = run.policy.call_split("compute_logprobs", shares, "policy", a.micro_batch_size)
+            # At the sampling temperature, so the update is on-policy for the samples (token_logprobs).
+            old = run.policy.call_split("compute_logprobs", shares, "policy", a.micro_batch_size, r.temperature)
             timing["timing/old_logprob_s"] = time.perf_counter() - t0
             for share, lps in zip(shares, old):
                 for s, lp in zip(share, lps):
                     s["old_logprobs"] = lp
             if a.use_kl_loss:
                 t0 = time.perf_counter()
-                ref = run.policy.call_split("compute_logprobs", shares, "ref", a.micro_batch_size)
+                ref = run.policy.call_split("compute_logprobs", shares, "ref", a.micro_batch_size, r.temperature)
                 timing["timing/ref_logprob_s"] = time.perf_counter() - t0
                 for share, lps in zip(shares, ref):
                     for s, lp in zip(share, lps):
@@ -393,7 +394,7 @@ def run_grpo(cfg: Config) -> Path:
                     mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in mb_samples], batch_first=True)
                     mask[:, 0] = 0
                     denom = loss_denominator(mask, a.loss_agg_mode)
-                    results = run.policy.call_split("update_policy", split_for_ranks(mb_samples, world), float(max(1, denom)))
+                    results = run.policy.call_split("update_policy", split_for_ranks(mb_samples, world), float(max(1, denom)), r.temperature)
                     for res in results:
                         for k, v in res.items():
                             sums[k] = sums.get(k, 0.0) + v

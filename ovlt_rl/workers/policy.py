@@ -48,8 +48,8 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Any], with_entropy: bool = False, entropy_grad: bool = False):
-        return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad)
+    def forward(self, batch: dict[str, Any], with_entropy: bool = False, entropy_grad: bool = False, temperature: float = 1.0):
+        return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, temperature=temperature)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -204,8 +204,10 @@ class PolicyWorker:
         return 0 if pad is None else int(pad)
 
     @torch.no_grad()
-    def compute_logprobs(self, samples: list[dict[str, Any]], which: str, micro_batch_size: int) -> list[torch.Tensor]:
-        """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference.
+    def compute_logprobs(self, samples: list[dict[str, Any]], which: str, micro_batch_size: int,
+                         temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference,
+        at `temperature` (GRPO: the rollout's sampling temperature; 1: the model's own distribution).
 
         Micro-batches of `micro_batch_size` samples, or by actor.logprob_max_tokens_per_micro_batch
         (else actor.max_tokens_per_micro_batch) tokens when set.
@@ -219,7 +221,7 @@ class PolicyWorker:
         out: list[torch.Tensor | None] = [None] * len(samples)
         for idx, dummy in self._plan(samples, micro_batch_size, a.logprob_max_tokens_per_micro_batch or a.max_tokens_per_micro_batch):
             chunk = [samples[i] for i in idx]
-            lp, _ = module(self._batch(chunk))
+            lp, _ = module(self._batch(chunk), temperature=temperature)
             if dummy:
                 continue
             for row, i in enumerate(idx):
@@ -249,12 +251,13 @@ class PolicyWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return gn, ok
 
-    def update_policy(self, samples: list[dict[str, Any]], denominator: float) -> dict[str, float]:
+    def update_policy(self, samples: list[dict[str, Any]], denominator: float, temperature: float = 1.0) -> dict[str, float]:
         """One optimizer step of the GRPO loss over this rank's share of a mini-batch.
 
         `denominator`: the loss normaliser of the whole mini-batch across ranks (tokens for
         token-mean), so that accumulated micro-batch gradients, averaged by FSDP over ranks,
-        equal the gradient of the mini-batch's loss.
+        equal the gradient of the mini-batch's loss. `temperature`: the one the samples were drawn
+        at and their old/reference log-probs computed at (the policy optimised is softmax(logits / T)).
         """
         a = self.cfg.actor
         keys = ("old_logprobs", "advantages") + (("ref_logprobs",) if self.ref is not None else ())
@@ -264,7 +267,7 @@ class PolicyWorker:
         # The sum of the micro-batches' gradients doesn't depend on how samples are grouped.
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx], keys)
-            logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef))
+            logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef), temperature=temperature)
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
             if dummy:

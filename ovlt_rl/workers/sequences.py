@@ -110,9 +110,11 @@ def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor
 
 
 def _head_chunk(lm_head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, with_entropy: bool,
-                entropy_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(label) and entropy (empty unless asked) of one chunk of rows, in fp32."""
+                entropy_grad: bool, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(label) and entropy (empty unless asked) of one chunk of rows, in fp32, at `temperature`."""
     z = lm_head(hidden).float()
+    if temperature != 1.0:
+        z = z / temperature
     lse = torch.logsumexp(z, dim=-1)
     lp = z.gather(-1, labels[:, None]).squeeze(-1) - lse
     if not with_entropy:
@@ -133,8 +135,12 @@ def head_logprobs(
     with_entropy: bool = False,
     entropy_grad: bool = False,
     chunk_size: int = 1024,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(label) (and entropy) for N rows of hidden states [N, H], in chunks of rows.
+
+    `temperature` divides the logits first: the distribution a sampler at that temperature draws
+    from (GRPO scores its samples under the rollout's temperature; see `token_logprobs`).
 
     With autograd on, each chunk runs under activation checkpointing: only its hidden rows are
     kept, and the backward recomputes that chunk's logits (one more LM-head matmul, ~2% of a
@@ -147,7 +153,7 @@ def head_logprobs(
     use_ckpt = torch.is_grad_enabled() and hidden.requires_grad
     lps, ents = [], []
     for s in range(0, hidden.shape[0], chunk_size):
-        args = (lm_head, hidden[s : s + chunk_size], labels[s : s + chunk_size], with_entropy, entropy_grad)
+        args = (lm_head, hidden[s : s + chunk_size], labels[s : s + chunk_size], with_entropy, entropy_grad, temperature)
         lp, ent = checkpoint(_head_chunk, *args, use_reentrant=False) if use_ckpt else _head_chunk(*args)
         lps.append(lp)
         ents.append(ent)
@@ -158,13 +164,18 @@ def head_logprobs(
 
 def token_logprobs(
     model: torch.nn.Module, batch: dict[str, Any], *, with_entropy: bool = False, entropy_grad: bool = False,
-    chunk_size: int = 1024,
+    chunk_size: int = 1024, temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs [B, L] of the batch's own tokens where loss_mask is 1 (0 elsewhere).
 
     Position t holds log p(input_ids[t] | input_ids[:t]); the LM head runs only at the positions
     that predict a masked token. The result is in the padded [B, L] layout of `loss_mask` for
     padded and packed batches alike.
+
+    With `temperature` T the log-probs (and entropy) are those of softmax(logits / T), the
+    distribution that a rollout sampling at T drew from. GRPO's old, reference and current
+    log-probs all use the rollout temperature, so the clipped ratio and the KL are on-policy for
+    the samples (verl and EasyR1 divide the logits the same way); 1 is the model's own distribution.
     """
     hidden = hidden_states(model, batch)
     mask = batch["loss_mask"].bool()
@@ -178,7 +189,8 @@ def token_logprobs(
     h = hidden[pred_pos]
     labels = batch["input_ids"][row_mask]
     _, lm_head = _model_parts(model)
-    lp, ent = head_logprobs(lm_head, h, labels, with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_size=chunk_size)
+    lp, ent = head_logprobs(lm_head, h, labels, with_entropy=with_entropy, entropy_grad=entropy_grad, chunk_size=chunk_size,
+                            temperature=temperature)
     out = torch.zeros(mask.shape, dtype=lp.dtype, device=lp.device)
     out[mask] = lp
     ent_out = None

@@ -143,18 +143,21 @@ def test_split_to_count_matches_other_ranks():
         split_to_count(groups, lengths, 3, padded=False)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
 @pytest.mark.parametrize("entropy_grad", [False, True])
-def test_chunked_head_matches_full_log_softmax(entropy_grad):
+def test_chunked_head_matches_full_log_softmax(entropy_grad, temperature):
     g = torch.Generator().manual_seed(5)
     head = torch.nn.Linear(16, 50, bias=False)
     hidden = torch.randn(37, 16, generator=g, requires_grad=True)
     labels = torch.randint(0, 50, (37,), generator=g)
     w = torch.randn(37, generator=g)
-    lp, ent = head_logprobs(head, hidden, labels, with_entropy=True, entropy_grad=entropy_grad, chunk_size=8)
+    lp, ent = head_logprobs(head, hidden, labels, with_entropy=True, entropy_grad=entropy_grad, chunk_size=8,
+                            temperature=temperature)
     loss = (lp * w).sum() + (ent.sum() if entropy_grad else 0)
     got = torch.autograd.grad(loss, (hidden, head.weight))
 
-    logp = torch.log_softmax(head(hidden), dim=-1)
+    # At temperature T: the distribution softmax(logits / T) that a sampler at T draws from.
+    logp = torch.log_softmax(head(hidden) / temperature, dim=-1)
     lp_ref = logp.gather(-1, labels[:, None]).squeeze(-1)
     ent_ref = -(logp.exp() * logp).sum(-1)
     loss_ref = (lp_ref * w).sum() + (ent_ref.sum() if entropy_grad else 0)

@@ -153,3 +153,38 @@ def test_update_moves_probability_toward_positive_advantages(model_path):
     assert change[0] > 0 and change[1] > 0, change
     assert change[2] < 0 and change[3] < 0, change
     w.shutdown()
+
+
+def test_logprobs_and_update_at_the_rollout_temperature(model_path):
+    """GRPO scores samples under softmax(logits / T) of the rollout's temperature T: the worker's
+    log-probs at T match the plain model's, and an update whose old log-probs were taken at T
+    starts on-policy (every ratio 1), which log-probs at temperature 1 would not be."""
+    from ovlt_rl.workers.sequences import build_batch
+
+    processor = load_processor(model_path)
+    samples = _samples(processor, n=4)
+    w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4"})
+    at_half = w.compute_logprobs(samples, "policy", 4, 0.5)
+    at_one = w.compute_logprobs(samples, "policy", 4)
+
+    engine = HFEngine(model_path, device="cpu")  # the same initial weights, run by plain transformers
+    batch = build_batch(samples, w._pad_id())
+    with torch.no_grad():
+        logits = engine.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              mm_token_type_ids=batch["mm_token_type_ids"], pixel_values=batch["pixel_values"],
+                              image_grid_thw=batch["image_grid_thw"]).logits.float()
+    for i, s in enumerate(samples):
+        m = s["loss_mask"].bool().clone()
+        m[0] = False
+        pos = m.nonzero().squeeze(-1)
+        want = torch.log_softmax(logits[i, pos - 1] / 0.5, dim=-1).gather(-1, s["input_ids"][pos, None]).squeeze(-1)
+        assert (at_half[i][pos] - want).abs().max() < 1e-4
+        assert (at_half[i][pos] - at_one[i][pos]).abs().max() > 1e-2  # the temperature really changes them
+
+    denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
+    for s, lp in zip(samples, at_half):
+        s["old_logprobs"] = lp
+    m = w.update_policy(samples, denom, 0.5)
+    assert m["actor/ratio_mean_wsum"] / m["actor/tokens"] == pytest.approx(1.0, abs=1e-5)
+    assert m["actor/approx_kl_wsum"] == pytest.approx(0.0, abs=1e-6)
+    w.shutdown()
