@@ -137,6 +137,23 @@ def _time_updates(w, samples, denom, steps, device, label) -> tuple[list[float],
     return times, peak
 
 
+def _profile_update(w, samples, denom, args) -> None:
+    """One packed update under torch.profiler; rank 0 writes the operators by total device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        w.update_policy(samples, denom)
+        _sync(args.device)
+    if w.rank == 0:
+        key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
+        table = prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90)
+        os.makedirs(args.profile, exist_ok=True)
+        with open(os.path.join(args.profile, "profile.txt"), "w") as f:
+            f.write(table)
+        print(table, flush=True)
+
+
 def _rank(rank, world, port, args, model_dir, q):
     from ovlt_rl.config import load_config
     from ovlt_rl.workers.policy import PolicyWorker
@@ -181,6 +198,8 @@ def _rank(rank, world, port, args, model_dir, q):
     res["packed_micro_batches"] = len(w._plan(samples, args.micro, args.max_tokens))
     res["packed_times"], res["packed_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device,
                                                                    f"{world} GPUs, packed")
+    if args.profile:
+        _profile_update(w, samples, denom, args)
     cfg.actor.padding_free, cfg.actor.max_tokens_per_micro_batch = False, 0
     res["padded_micro_batches"] = len(w._plan(samples, args.micro, 0))
     res["padded_times"], res["padded_peak_gib"] = _time_updates(w, samples, denom, args.steps, args.device,
@@ -298,6 +317,8 @@ def main() -> None:
     ap.add_argument("--model", choices=["7b", "small", "tiny"], default="7b")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--no-record", action="store_true", help="print only (smoke runs)")
+    ap.add_argument("--profile", default="", help="folder: rank 0 profiles one more packed update with torch.profiler "
+                    "and writes the top kernels (by device time) there as profile.txt")
     args = ap.parse_args()
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
