@@ -9,7 +9,7 @@ replays and, every `CHECK_EVERY` steps, asks whether all rows are finished.
 How it works, per batch of B sequences (prompts x n samples):
 1. Prefill with the HF model itself, a few prompts at a time: images, the embedding merge and the
    3-D mRoPE positions (`get_rope_index`, the model's own code) are exactly what `generate` does,
-   except that the vision tower's windowed attention runs batched (`vision_attention.py`).
+   except that the vision tower's windowed attention runs batched (`ovlt_rl.models.vision_attention`).
    Each prompt's keys/values are copied from the HF cache into the static cache, right-aligned so
    every prompt ends at column P-1 (P = the longest prompt), once per sample (n copies); columns a
    prompt doesn't fill are masked. The prefill's last logits give the first token.
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ovlt_rl.engines.vision_attention import grouped_vision_attention
+from ovlt_rl.models.vision_attention import grouped_vision_attention
 
 log = logging.getLogger(__name__)
 

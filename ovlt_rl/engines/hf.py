@@ -16,6 +16,10 @@ Log-probs (temperature 1, as `compute_logprobs`): the fast path takes them in th
 plain path would need the full-vocabulary logits of every step kept in memory (`output_logits`,
 B*T*V floats), so it runs one teacher-forced forward over prompt+response instead. The trainer
 always recomputes old log-probs on the policy workers anyway.
+
+A model whose vision tower uses "sdpa" is switched to ovlt's window attention
+(`ovlt_rl.models.vision_attention`) for both paths, as the policy workers do: same numbers, far
+fewer attention calls. A model passed in (`model=`) is switched in place.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Iterable
 import torch
 
 from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
+from ovlt_rl.models.vision_attention import use_window_attention
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,10 @@ class HFEngine:
             model_path, dtype=dtype, device=self.device, attn_implementation=attn_implementation
         )
         self.model.eval()
+        if self.model.model.visual.config._attn_implementation == "sdpa":
+            # The vision tower's windows in one or a few attention calls per layer instead of one
+            # SDPA call per window (the same numbers); the fast path's prefill already did this.
+            use_window_attention(self.model)
         self.micro_batch_size = micro_batch_size
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.tokenizer.eos_token_id

@@ -10,22 +10,26 @@ does not grow by one) and attends within each sample, causally:
   (`torch.nn.attention.varlen.varlen_attn`) over the whole row, no mask, no padding;
 - otherwise (CPU, fp32, or a torch without varlen_attn): transformers' SDPA on each sample in turn.
 
+The varlen plumbing (finding the function, probing it, torch's API versions) is shared with the
+vision tower's window attention and lives in `ovlt_rl.models.varlen`.
+
 Calls without packed position ids (an attention mask given, or no text positions) go to
 transformers' SDPA unchanged, so a model set to "ovlt_packed" still runs padded batches exactly
 as "sdpa" does. `use_packed_attention(model)` switches a Qwen2.5-VL model's text decoder to it;
-the vision tower keeps its own attention (it already runs per image).
+the vision tower has its own (`ovlt_rl.models.vision_attention`: it attends within windows).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
-import logging
 
 import torch
 
+# find_varlen as _varlen: the name this module has always offered (the GPU tests use it).
+from ovlt_rl.models.varlen import find_varlen as _varlen  # noqa: F401
+from ovlt_rl.models.varlen import varlen_attention, varlen_usable
+
 NAME = "ovlt_packed"
-log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=8)
@@ -45,73 +49,14 @@ def segments(text_positions: torch.Tensor) -> tuple[torch.Tensor, list[int], int
     return cu, bounds, max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
 
 
-@functools.lru_cache(maxsize=1)
-def _varlen():
-    """(varlen_attn, its parameter names) or None when this torch has none."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
-
-
-@functools.lru_cache(maxsize=8)
-def _varlen_works(device: torch.device, dtype: torch.dtype) -> bool:
-    """Run the kernel once, forward and backward, on a tiny GQA input: a torch whose varlen op
-    lacks a backward (or this GPU) then gets the per-sample path with a warning, not a crash."""
-    try:
-        q = torch.randn(5, 4, 64, device=device, dtype=dtype, requires_grad=True)
-        kv = torch.randn(5, 2, 64, device=device, dtype=dtype, requires_grad=True)
-        cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=device)
-        with torch.enable_grad():
-            out = _call_varlen(q, kv, kv, cu, 3, 64**-0.5)
-            out.float().sum().backward()
-        return bool(torch.isfinite(q.grad).all())
-    except Exception as e:  # noqa: BLE001 - any failure means: don't use it
-        log.warning("torch varlen flash attention unusable here (%s); packed rows use SDPA per sample", e)
-        return False
-
-
 def kernel_for(device_type: str, dtype: torch.dtype) -> str:
     """Which attention packed rows get on this device and dtype (for logs and benchmark records)."""
-    usable = device_type == "cuda" and dtype in (torch.float16, torch.bfloat16) and _varlen() is not None
-    if usable and _varlen_works(torch.device("cuda", torch.cuda.current_device()), dtype):
-        return "torch varlen flash attention"
-    return "SDPA per sample"
-
-
-def _call_varlen(q, k, v, cu, max_len, scaling):
-    """varlen_attn on [T, heads, D] tensors, causal, across torch's two API versions."""
-    fn, params = _varlen()
-    kw = {}
-    if "scale" in params:
-        kw["scale"] = scaling
-    if "window_size" in params:  # torch >= 2.12: causal is window (-1, 0)
-        kw["window_size"] = (-1, 0)
-    else:  # torch 2.9-2.11: an is_causal flag
-        kw["is_causal"] = True
-    if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
-            kw["enable_gqa"] = True
-        else:  # older API: give every query head its key/value head
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return fn(q, k, v, cu, cu, max_len, max_len, **kw)
+    return "torch varlen flash attention" if varlen_usable(device_type, dtype, causal=True) else "SDPA per sample"
 
 
 def _flash_varlen(query, key, value, cu, max_len, scaling):
-    """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], or None if unsupported here."""
-    found = _varlen()
-    if found is None or not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return None
-    head_dim = query.shape[-1]
-    scaling = head_dim**-0.5 if scaling is None else scaling
-    if abs(scaling - head_dim**-0.5) > 1e-6 * head_dim**-0.5 and "scale" not in found[1]:
-        return None  # an old varlen_attn without `scale` uses 1/sqrt(D) only
-    if not _varlen_works(query.device, query.dtype):
-        return None
-    q, k, v = (t[0].transpose(0, 1).contiguous() for t in (query, key, value))  # [T, heads, D]
-    return _call_varlen(q, k, v, cu, max_len, scaling)[None]
+    """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], causal, or None if unsupported here."""
+    return varlen_attention(query, key, value, cu, max_len, scaling, causal=True)
 
 
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, dropout=0.0, scaling=None, **kwargs):

@@ -148,13 +148,25 @@ class PolicyWorker:
         return {"params": n_params, "trainable": sum(p.numel() for p in trainable), "device": str(self.device)}
 
     def _prepare_attention(self, model: nn.Module, compute_dtype: torch.dtype) -> None:
-        """Packed rows need attention that stays within each sample. flash_attention_2 and eager
-        do that by themselves from the position ids (varlen kernel, block-diagonal mask); sdpa is
-        switched to ovlt's packed attention (torch's varlen flash kernel on GPU, SDPA per sample
-        otherwise), which runs padded batches exactly like sdpa."""
-        if self.cfg.actor.padding_free and self.cfg.model.attn_implementation == "sdpa":
+        """With attn_implementation "sdpa":
+        - the vision tower attends with ovlt's window attention (`ovlt_rl.models.vision_attention`:
+          one varlen flash call per layer on GPU, one SDPA per window length otherwise) instead of
+          transformers' one SDPA call per window, in padded and packed runs alike (it always
+          attends within windows);
+        - packed rows need text attention that stays within each sample: flash_attention_2 and
+          eager do that by themselves from the position ids (varlen kernel, block-diagonal mask);
+          sdpa is switched to ovlt's packed attention (torch's varlen flash kernel on GPU, SDPA per
+          sample otherwise), which runs padded batches exactly like sdpa.
+        The kernels are probed here, outside any forward (each runs a tiny backward)."""
+        from ovlt_rl.models.vision_attention import kernel_for as vision_kernel_for
+        from ovlt_rl.models.vision_attention import use_window_attention
+
+        if self.cfg.model.attn_implementation != "sdpa":
+            return
+        use_window_attention(model)
+        log.info("rank %d: vision windows attend with %s", self.rank, vision_kernel_for(self.device.type, compute_dtype))
+        if self.cfg.actor.padding_free:
             use_packed_attention(model)
-            # Probes the varlen kernel here, outside any forward (it runs a tiny backward).
             log.info("rank %d: packed rows attend with %s", self.rank, kernel_for(self.device.type, compute_dtype))
 
     # -- micro-batches -----------------------------------------------------------------------------
