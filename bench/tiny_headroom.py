@@ -14,6 +14,10 @@ engine, and grades every answer with the evaluation grader. Per family it prints
 - mixed: prompts whose n samples are neither all right nor all wrong (the groups that carry a
   GRPO advantage; the rest give 0).
 
+With `--templates` it also prints, per question template, the greedy answers against the ground
+truths and how many greedy responses have no complete answer tag (a small model's greedy decoding
+often gives one constant answer per template: what GRPO has to move).
+
 If the samples are far worse than greedy (a weak model at temperature 1 derails over ~50 tokens),
 GRPO's groups mostly teach the format, not the answer; a sampled accuracy near greedy with a high
 pass@n is room for RL to sharpen. One JSON line per temperature goes to bench/results.jsonl.
@@ -30,6 +34,27 @@ import torch
 from common import record, table  # noqa: E402  (puts the repo on sys.path)
 
 
+def templates_table(prompts, greedy, extract_answer, grade) -> str:
+    """Per template: greedy answers (most common first) vs ground truths, right count, and responses
+    without a complete <answer>...</answer> (cut by the token limit or stopped early)."""
+    by: dict[str, dict] = collections.defaultdict(lambda: {"pred": collections.Counter(), "gt": collections.Counter(),
+                                                             "right": 0, "n": 0, "no_answer": 0})
+    for p, g in zip(prompts, greedy):
+        info = p["extra_info"] if isinstance(p["extra_info"], dict) else {}
+        row = by[info.get("template", info.get("family", "?"))]
+        text = g[0].text
+        complete = "</answer>" in text
+        row["pred"][extract_answer(text) if complete else "(none)"] += 1
+        row["gt"][p["ground_truth"]] += 1
+        row["right"] += grade(extract_answer(text), p["ground_truth"])
+        row["n"] += 1
+        row["no_answer"] += not complete
+    rows = [{"template": t, "prompts": r["n"], "right": r["right"], "no answer": r["no_answer"],
+             "greedy answers": dict(r["pred"].most_common(4)), "ground truths": dict(r["gt"].most_common(4))}
+            for t, r in sorted(by.items())]
+    return table(rows, list(rows[0]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True, help="HF folder of the model (e.g. outputs/demo/sft-1/hf) or 'tiny'")
@@ -39,6 +64,7 @@ def main() -> None:
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7, 0.4])
     ap.add_argument("--max-new-tokens", type=int, default=64, help="the GRPO recipe's data.max_response_length")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--templates", action="store_true", help="also print greedy answers vs ground truths per template")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -66,6 +92,8 @@ def main() -> None:
     t0 = time.perf_counter()
     greedy = generate(SamplingParams(n=1, temperature=0.01, top_k=1, max_new_tokens=args.max_new_tokens, seed=1))
     greedy_ok = [grade(extract_answer(g[0].text), p["ground_truth"]) for p, g in zip(prompts, greedy)]
+    if args.templates:
+        print(templates_table(prompts, greedy, extract_answer, grade))
     rows = []
     for temp in args.temperatures:
         sampled = generate(SamplingParams(n=args.n, temperature=temp, max_new_tokens=args.max_new_tokens, seed=2))
