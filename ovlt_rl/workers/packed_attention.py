@@ -25,8 +25,6 @@ import functools
 
 import torch
 
-# find_varlen as _varlen: the name this module has always offered (the GPU tests use it).
-from ovlt_rl.models.varlen import find_varlen as _varlen  # noqa: F401
 from ovlt_rl.models.varlen import varlen_attention, varlen_usable
 
 NAME = "ovlt_packed"
@@ -54,11 +52,6 @@ def kernel_for(device_type: str, dtype: torch.dtype) -> str:
     return "torch varlen flash attention" if varlen_usable(device_type, dtype, causal=True) else "SDPA per sample"
 
 
-def _flash_varlen(query, key, value, cu, max_len, scaling):
-    """query [1, H, T, D], key/value [1, Hkv, T, D] -> [1, T, H, D], causal, or None if unsupported here."""
-    return varlen_attention(query, key, value, cu, max_len, scaling, causal=True)
-
-
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, dropout=0.0, scaling=None, **kwargs):
     """transformers attention interface: (module, q, k, v, mask, ...) -> ([B, T, H, D], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -68,7 +61,7 @@ def packed_attention(module, query, key, value, attention_mask, position_ids=Non
     if dropout:
         raise ValueError("ovlt_packed attention has no dropout (Qwen2.5-VL trains with attention_dropout 0)")
     cu, bounds, max_len = segments(position_ids)
-    out = _flash_varlen(query, key, value, cu, max_len, scaling)
+    out = varlen_attention(query, key, value, cu, max_len, scaling, causal=True)  # None: not usable here
     if out is not None:
         return out, None
     pieces = [
