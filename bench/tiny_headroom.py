@@ -29,8 +29,6 @@ import argparse
 import collections
 import time
 
-import torch
-
 from common import record, table  # noqa: E402  (puts the repo on sys.path)
 
 
@@ -67,7 +65,6 @@ def main() -> None:
     ap.add_argument("--templates", action="store_true", help="also print greedy answers vs ground truths per template")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from ovlt_rl.config import load_config
     from ovlt_rl.controller import _open_datasets
