@@ -197,6 +197,15 @@ def sampling_params(cfg: Config, *, validation: bool, seed: int | None) -> Sampl
     )
 
 
+def accuracy_by_source(sources: list[str], correct: list[float]) -> dict[str, float]:
+    """`val/accuracy/<data_source>` for each source: one overall number hides which family moved
+    (a tiny model's greedy answers flip for a whole question template at once)."""
+    totals: dict[str, list[float]] = {}
+    for source, c in zip(sources, correct, strict=True):
+        totals.setdefault(source, []).append(c)
+    return {f"val/accuracy/{source}": sum(cs) / len(cs) for source, cs in sorted(totals.items())}
+
+
 def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     """Generate on held-out prompts, grade with the evaluation grader, log a few generations."""
     import json
@@ -217,6 +226,7 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     ok = [s for s in scores.scores if s is not None]
     metrics = {
         "val/accuracy": sum(correct) / max(1, len(correct)),
+        **accuracy_by_source([p["data_source"] for p, grp in zip(prompts, groups) for _ in grp], correct),
         "val/reward": sum(ok) / max(1, len(ok)),
         "val/response_length": sum(len(g.token_ids) for grp in groups for g in grp) / max(1, len(texts)),
         "val/samples": float(len(texts)),

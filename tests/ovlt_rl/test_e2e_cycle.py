@@ -93,6 +93,11 @@ def test_cycle_survives_sigkill_during_grpo(tmp_path):
     expected = [next(it) for _ in range(4)]
     got = [m["data/indices"] for m in metrics if m["step"] > 0]
     assert got == expected
+    # Validation also reports accuracy per data source, and the overall number lies among them.
+    val0 = metrics[0]
+    per_source = {k: v for k, v in val0.items() if k.startswith("val/accuracy/")}
+    assert set(per_source) <= {f"val/accuracy/synthetic/{f}" for f in ("count", "chart", "ruler", "compare")}
+    assert len(per_source) >= 2 and min(per_source.values()) <= val0["val/accuracy"] <= max(per_source.values())
     # SFT reported a held-out validation loss at its last step.
     sft_metrics = [json.loads(l) for l in (out / "sft-1" / "metrics.jsonl").read_text().splitlines()]
     assert sft_metrics[-1]["val/loss"] > 0 and "val/accuracy" in sft_metrics[-1]
