@@ -66,14 +66,13 @@ def write(out: Path, sft: Path, n_captions: int, n_rl: int, seed: int) -> None:
 def captions(model_path: str, n: int) -> None:
     import torch
     from PIL import Image
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from data_prep import synthetic
-    from ovlt_rl.models.loading import load_processor
+    from ovlt_rl.models.loading import load_model, load_processor
 
     torch.set_num_threads(2)
-    processor = load_processor(model_path, min_pixels=3136, max_pixels=12544)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_path).eval()
+    processor = load_processor(model_path, min_pixels=3136, max_pixels=12544)  # the tiny recipes' bounds: 16 image tokens
+    model = load_model(model_path).eval()
     right: collections.Counter = collections.Counter()
     total: collections.Counter = collections.Counter()
     for i in range(n):
