@@ -25,6 +25,13 @@ Determinism and splits: sample i of (seed, split) draws from its own RNG seeded 
 prefix of generate(n + m). Splits never share an image: the scene's hash picks one split
 (80% train, 10% val, 10% test of the scene space) and a sampler redraws until the scene belongs to
 the requested split.
+
+The evaluation splits (val, test) are answer-balanced: row k of a family asks the k-th
+(template, answer) pair of that family in turn (`eval_target`), and the sampler redraws until it
+gets it. Drawn freely, a 23-row template can hold 18 "A"s, and a model that answers one constant
+per template scores well or badly by that constant alone; balanced, any per-template guess scores
+the chance rate, so validation moves only when the model reads the image better or worse. The
+training split stays as drawn.
 """
 
 from __future__ import annotations
@@ -172,7 +179,9 @@ def _render_chart(scene: tuple, size: int, draw: ImageDraw.ImageDraw) -> None:
 def _sample_ruler(rng: random.Random) -> Sample:
     n_lines = rng.choice((1, 2))
     colors = rng.sample(list(COLORS), n_lines)
-    rows = sorted(rng.sample(range(4), n_lines))
+    # A single line sits at any of 25 heights (every 1/8 of a row): with only the 4 rows it had
+    # 72 possible images, too few to give the evaluation splits every length.
+    rows = [rng.randrange(25) / 8] if n_lines == 1 else sorted(rng.sample(range(4), n_lines))
     lines = tuple((c, row, rng.randint(1, RULER_CM)) for c, row in zip(colors, rows))
     if n_lines == 1:
         template, asked = "ruler_single", lines[0]
@@ -289,17 +298,44 @@ def scene_split(sample: Sample) -> str:
     return next(name for name, (lo, hi) in SPLITS.items() if lo <= u < hi)
 
 
-def sample(index: int, *, seed: int, split: str, family: str) -> Sample:
-    """Sample `index` of (seed, split) for a family, redrawn until its scene belongs to `split`."""
+# Every answer each template can have (what the samplers above draw from).
+TEMPLATE_ANSWERS: dict[str, tuple[str, ...]] = {
+    "count_color_shape": tuple(str(n) for n in range(6)),
+    "count_color": tuple(str(n) for n in range(6)),
+    "chart_value": tuple(str(n) for n in range(1, BAR_MAX + 1)),
+    "chart_sum": tuple(str(n) for n in range(2, 2 * BAR_MAX + 1)),
+    "chart_range": tuple(str(n) for n in range(BAR_MAX)),
+    "ruler_single": tuple(str(n) for n in range(1, RULER_CM + 1)),
+    "ruler_color": tuple(str(n) for n in range(1, RULER_CM + 1)),
+    "compare_angle": ("A", "B"),
+    "compare_line": ("A", "B"),
+}
+EVAL_SPLITS = ("val", "test")
+
+
+def eval_target(family: str, slot: int) -> tuple[str, str]:
+    """The (template, answer) that row `slot` of an evaluation split of `family` asks: templates in
+    turn, and each template's answers in turn, so any prefix is close to balanced on both."""
+    templates = [t for t in TEMPLATES if t.startswith(family + "_")]
+    template = templates[slot % len(templates)]
+    answers = TEMPLATE_ANSWERS[template]
+    return template, answers[(slot // len(templates)) % len(answers)]
+
+
+def sample(index: int, *, seed: int, split: str, family: str, target: tuple[str, str] | None = None) -> Sample:
+    """Sample `index` of (seed, split) for a family, redrawn until its scene belongs to `split`
+    (and, with `target`, until its (template, answer) is that pair)."""
     if family not in _SAMPLERS:
         raise ValueError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    if target is not None and (not target[0].startswith(family + "_") or target[1] not in TEMPLATE_ANSWERS.get(target[0], ())):
+        raise ValueError(f"{family} has no (template, answer) {target}")
     rng = random.Random(f"ovlt-synthetic/{seed}/{split}/{index}")
     sampler = _SAMPLERS[family][0]
     while True:
         s = sampler(rng)
-        if scene_split(s) == split:
+        if scene_split(s) == split and (target is None or (s.template, s.answer) == target):
             return s
 
 
@@ -324,8 +360,8 @@ def _families(families: list[str] | None) -> list[str]:
     return chosen
 
 
-def _row(index: int, *, seed: int, split: str, family: str, image_size: int) -> dict:
-    s = sample(index, seed=seed, split=split, family=family)
+def _row(index: int, *, seed: int, split: str, family: str, image_size: int, target: tuple[str, str] | None) -> dict:
+    s = sample(index, seed=seed, split=split, family=family, target=target)
     extra = {
         "index": index,
         "split": split,
@@ -354,13 +390,17 @@ def generate(
     split: str = "train",
     progress: Callable[[], None] | None = None,
 ) -> list[dict]:
-    """n schema rows, families in turn (balanced), deterministic for (seed, split)."""
+    """n schema rows, families in turn (balanced), deterministic for (seed, split); the evaluation
+    splits are also balanced over each family's (template, answer) pairs."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     chosen = _families(families)
     rows = []
     for i in range(n):
-        rows.append(_row(i, seed=seed, split=split, family=chosen[i % len(chosen)], image_size=image_size))
+        family = chosen[i % len(chosen)]
+        # an evaluation row's position among its family's rows picks its (template, answer)
+        target = eval_target(family, i // len(chosen)) if split in EVAL_SPLITS else None
+        rows.append(_row(i, seed=seed, split=split, family=family, image_size=image_size, target=target))
         if progress is not None:
             progress()
     return rows

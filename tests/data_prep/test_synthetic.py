@@ -251,3 +251,33 @@ def test_text_corpus_covers_what_the_model_reads_and_writes():
         assert template in text
     assert text.count("<think>") >= 80 and text.count("<answer>") >= 80
     assert all(isinstance(t, str) and t for t in corpus)
+
+
+def test_eval_splits_are_balanced_over_each_templates_answers():
+    """val/test ask every answer of a template equally often (a per-template guess scores chance)."""
+    for split in synthetic.EVAL_SPLITS:
+        rows = synthetic.generate(96, seed=2, split=split)
+        by_template = defaultdict(Counter)
+        for r in rows:
+            by_template[r["extra_info"]["template"]][r["reward_model"]["ground_truth"]] += 1
+        assert set(by_template) == set(synthetic.TEMPLATES)
+        for template, counts in by_template.items():
+            per_answer = [counts[a] for a in synthetic.TEMPLATE_ANSWERS[template]]
+            assert max(per_answer) - min(per_answer) <= 1, (split, template, counts)
+
+
+def test_every_template_answer_is_drawn_in_each_eval_split():
+    """Each (template, answer) has images in val and in test (the sampler would loop forever if one
+    had none), and the training split keeps its natural answer frequencies."""
+    slots = max(len([t for t in synthetic.TEMPLATES if t.startswith(f + "_")]) for f in synthetic.FAMILIES) * max(
+        len(a) for a in synthetic.TEMPLATE_ANSWERS.values())
+    wanted = {(t, a) for t, answers in synthetic.TEMPLATE_ANSWERS.items() for a in answers}
+    for split in synthetic.EVAL_SPLITS:
+        got = {(s.template, s.answer) for f in synthetic.FAMILIES for k in range(slots)
+               for s in [synthetic.sample(k, seed=0, split=split, family=f, target=synthetic.eval_target(f, k))]}
+        assert got == wanted
+    sums = Counter(s.answer for i in range(600) for s in [synthetic.sample(i, seed=0, split="train", family="chart")]
+                   if s.template == "chart_sum")
+    assert sums["7"] > 3 * sums["2"], sums  # a sum of two bars is 7 six times as often as 2
+    with pytest.raises(ValueError, match="chart_sum"):
+        synthetic.sample(0, seed=0, split="val", family="count", target=("chart_sum", "7"))
