@@ -310,13 +310,14 @@ TEMPLATE_ANSWERS: dict[str, tuple[str, ...]] = {
     "compare_angle": ("A", "B"),
     "compare_line": ("A", "B"),
 }
+FAMILY_TEMPLATES: dict[str, list[str]] = {f: [t for t in TEMPLATES if t.startswith(f + "_")] for f in FAMILIES}
 EVAL_SPLITS = ("val", "test")
 
 
 def eval_target(family: str, slot: int) -> tuple[str, str]:
     """The (template, answer) that row `slot` of an evaluation split of `family` asks: templates in
     turn, and each template's answers in turn, so any prefix is close to balanced on both."""
-    templates = [t for t in TEMPLATES if t.startswith(family + "_")]
+    templates = FAMILY_TEMPLATES[family]
     template = templates[slot % len(templates)]
     answers = TEMPLATE_ANSWERS[template]
     return template, answers[(slot // len(templates)) % len(answers)]
@@ -329,7 +330,7 @@ def sample(index: int, *, seed: int, split: str, family: str, target: tuple[str,
         raise ValueError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
-    if target is not None and (not target[0].startswith(family + "_") or target[1] not in TEMPLATE_ANSWERS.get(target[0], ())):
+    if target is not None and (target[0] not in FAMILY_TEMPLATES[family] or target[1] not in TEMPLATE_ANSWERS[target[0]]):
         raise ValueError(f"{family} has no (template, answer) {target}")
     rng = random.Random(f"ovlt-synthetic/{seed}/{split}/{index}")
     sampler = _SAMPLERS[family][0]

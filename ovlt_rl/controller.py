@@ -220,13 +220,14 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     for s in range(0, n, cfg.data.val_batch_size):
         groups += run.rollout.generate(prompts[s : s + cfg.data.val_batch_size], sampling_params(cfg, validation=True, seed=cfg.trainer.seed))
     texts = [g.text for grp in groups for g in grp]
-    gts = [p["ground_truth"] for p, grp in zip(prompts, groups) for _ in grp]
+    per_sample = [p for p, grp in zip(prompts, groups) for _ in grp]  # each prompt once per generation (val_n)
+    gts = [p["ground_truth"] for p in per_sample]
     correct = [grade(extract_answer(t), gt) for t, gt in zip(texts, gts)]
-    scores = reward_fn.score_batch(texts, gts, [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p, grp in zip(prompts, groups) for _ in grp])
+    scores = reward_fn.score_batch(texts, gts, [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p in per_sample])
     ok = [s for s in scores.scores if s is not None]
     metrics = {
         "val/accuracy": sum(correct) / max(1, len(correct)),
-        **accuracy_by_source([p["data_source"] for p, grp in zip(prompts, groups) for _ in grp], correct),
+        **accuracy_by_source([p["data_source"] for p in per_sample], correct),
         "val/reward": sum(ok) / max(1, len(ok)),
         "val/response_length": sum(len(g.token_ids) for grp in groups for g in grp) / max(1, len(texts)),
         "val/samples": float(len(texts)),

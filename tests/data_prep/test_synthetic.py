@@ -269,7 +269,7 @@ def test_eval_splits_are_balanced_over_each_templates_answers():
 def test_every_template_answer_is_drawn_in_each_eval_split():
     """Each (template, answer) has images in val and in test (the sampler would loop forever if one
     had none), and the training split keeps its natural answer frequencies."""
-    slots = max(len([t for t in synthetic.TEMPLATES if t.startswith(f + "_")]) for f in synthetic.FAMILIES) * max(
+    slots = max(len(synthetic.FAMILY_TEMPLATES[f]) for f in synthetic.FAMILIES) * max(
         len(a) for a in synthetic.TEMPLATE_ANSWERS.values())
     wanted = {(t, a) for t, answers in synthetic.TEMPLATE_ANSWERS.items() for a in answers}
     for split in synthetic.EVAL_SPLITS:
