@@ -2,6 +2,7 @@
 that can see"), and a check of what the pretrained model reads.
 
     python bench/tiny_pretrain_data.py write --out outputs/tiny-pretrain --sft outputs/tiny-data/sft.parquet
+    python bench/tiny_pretrain_data.py pretrain --out outputs/tiny-pretrain       # captions + text-only reasoning (session 6)
     python bench/tiny_pretrain_data.py captions --model outputs/tiny-pre/hf      # exact-match captions, 2-core CPU, ~15 s
 
 The paper starts from a pretrained VLM that already reads images; the tiny model starts from random
@@ -13,6 +14,10 @@ pretrained start with the ordinary `ovlt sft` / `ovlt grpo` commands:
 - sft_caption_first.parquet: the SFT rows with the scene description put first in <think> (the
   reasoner rephrases it, and a tiny model does not carry what it learned to read across phrasings);
 - rl_fresh.parquet: RL prompts from another seed, so a long GRPO run never repeats a prompt.
+
+`pretrain` writes pretrain.parquet, half caption rows and half text-only reasoning ("{description}
+\n{question}" -> the reasoner's answer, restating the description): a base that can also reason in
+words, as a real VLM's language model can (docs/benchmarks.md, "A weak captioner's guesses").
 
 `captions` greedily describes the first validation images with a model and counts exact matches
 per family: how much of the image a model reads, separately from any reasoning.
@@ -31,19 +36,26 @@ from common import REPO  # noqa: F401  (puts the repo on sys.path)
 CAPTION_QUESTION = "Describe the image."
 
 
+def _caption_row(s, index: int) -> dict:
+    """"<image>Describe the image." -> the scene description, for a synthetic sample."""
+    from data_prep import synthetic
+    from ovlt_rl.data.schema import IMAGE_PLACEHOLDER, make_row
+
+    return make_row(data_source=f"caption/{s.family}", question=IMAGE_PLACEHOLDER + CAPTION_QUESTION,
+                    ground_truth=s.caption, images=[synthetic.render(s)], response=s.caption,
+                    extra_info={"family": s.family, "template": "caption", "index": index})
+
+
 def write(out: Path, sft: Path, n_captions: int, n_rl: int, seed: int) -> None:
     import pyarrow.parquet as pq
 
     from data_prep import synthetic
-    from ovlt_rl.data.schema import IMAGE_PLACEHOLDER, make_row, write_rows
+    from ovlt_rl.data.schema import write_rows
 
     rows = []
     for i in range(n_captions):
         family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]
-        s = synthetic.sample(i, seed=seed, split="train", family=family)
-        rows.append(make_row(data_source=f"caption/{family}", question=IMAGE_PLACEHOLDER + CAPTION_QUESTION,
-                             ground_truth=s.caption, images=[synthetic.render(s)], response=s.caption,
-                             extra_info={"family": family, "template": "caption", "index": i}))
+        rows.append(_caption_row(synthetic.sample(i, seed=seed, split="train", family=family), i))
     print("wrote", write_rows(rows, out / "captions.parquet"), len(rows))
 
     table = pq.read_table(sft)
@@ -61,6 +73,34 @@ def write(out: Path, sft: Path, n_captions: int, n_rl: int, seed: int) -> None:
 
     rl = synthetic.generate(n_rl, seed=seed + 1, split="train")
     print("wrote", write_rows(rl, out / "rl_fresh.parquet"), len(rl))
+
+
+def write_pretrain(out: Path, n: int, seed: int) -> None:
+    """pretrain.parquet: the tiny base's pretraining mix, shuffled, half of each kind:
+    - "<image>Describe the image." -> the scene description (seeing);
+    - text only, "{description}\n{question}" -> the reasoner's answer, restating the description
+      (reasoning in words, as the language model of a real VLM can before any visual SFT).
+    The scenes come from the train split with their own seed, so no validation or test image."""
+    import random
+
+    from data_prep import synthetic
+    from data_prep.reasoner import ProgrammaticReasoner
+    from ovlt_rl.data.schema import make_row, write_rows
+
+    reasoner = ProgrammaticReasoner(seed=seed, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    rows = []
+    for i in range(n):
+        family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]
+        s = synthetic.sample(i, seed=seed, split="train", family=family)
+        if i % 2 == 0:
+            rows.append(_caption_row(s, i))
+        else:
+            response = reasoner.answer(s.caption, s.question, family)[0]
+            rows.append(make_row(data_source=f"text/{family}", question=f"{s.caption}\n{s.question}",
+                                 ground_truth=s.answer, response=response,
+                                 extra_info={"family": family, "template": s.template, "index": i}))
+    random.Random(seed).shuffle(rows)
+    print("wrote", write_rows(rows, out / "pretrain.parquet"), len(rows))
 
 
 def captions(model_path: str, n: int) -> None:
@@ -102,12 +142,18 @@ def main() -> None:
     w.add_argument("--captions", type=int, default=16000)
     w.add_argument("--rl", type=int, default=8000)
     w.add_argument("--seed", type=int, default=7, help="not the task's seed 0, so the images are new")
+    pt = sub.add_parser("pretrain", help="write pretrain.parquet: captions and text-only reasoning, half each")
+    pt.add_argument("--out", type=Path, default=Path("outputs/tiny-pretrain"))
+    pt.add_argument("--n", type=int, default=32000)
+    pt.add_argument("--seed", type=int, default=7)
     c = sub.add_parser("captions", help="exact-match captions of a model on validation images")
     c.add_argument("--model", required=True)
     c.add_argument("--n", type=int, default=80)
     args = ap.parse_args()
     if args.cmd == "write":
         write(args.out, args.sft, args.captions, args.rl, args.seed)
+    elif args.cmd == "pretrain":
+        write_pretrain(args.out, args.n, args.seed)
     else:
         captions(args.model, args.n)
 

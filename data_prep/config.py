@@ -103,6 +103,11 @@ class DistillConfig:
     """Programmatic reasoner: chance a sample contains reflections."""
     verbose_rate: float = 0.15
     """Programmatic reasoner: chance a sample is padded past 500 words."""
+    restate_caption: bool = False
+    """Programmatic reasoner: start the reasoning with the caption, word for word."""
+    vague_rate: float = 0.0
+    """Captioner=scene: share of scenes captioned without their values (a weak captioner); the
+    programmatic reasoner guesses on those, and lucky guesses pass the correctness filter."""
 
 
 @dataclass
@@ -217,6 +222,9 @@ def validate_prepare(p: PrepareConfig) -> None:
     check(p.synthetic or bool(p.sources), "sources", "no sources and prepare.synthetic is false: nothing to prepare")
     check(p.distill.captioner in ("scene", "engine"), "distill.captioner", f"unknown {p.distill.captioner!r}")
     check(p.distill.reasoner in ("programmatic", "engine"), "distill.reasoner", f"unknown {p.distill.reasoner!r}")
+    check(0.0 <= p.distill.vague_rate <= 1.0, "distill.vague_rate", f"must be within [0, 1], got {p.distill.vague_rate}")
+    check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
+          "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
     if p.mode == "distill":
         check(p.distill.k >= 1, "distill.k", f"must be >= 1, got {p.distill.k}")
         if p.distill.captioner == "engine":

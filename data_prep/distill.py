@@ -16,11 +16,12 @@ through the rollout engine, ovlt_rl/engines):
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections import Counter
 from typing import Any, Callable, Protocol, Sequence
 
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, ProgrammaticReasoner
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, ProgrammaticReasoner, vague_caption
 from ovlt_rl.data.schema import IMAGE_PLACEHOLDER, question_text
 from ovlt_rl.engines.base import SamplingParams
 from reward.grading import extract_answer
@@ -52,7 +53,18 @@ def bare_question(row: dict[str, Any]) -> str:
 
 class StoredCaptioner:
     """The caption already in the row: extra_info["caption"], i.e. the synthetic task's scene
-    description, or a caption written by an earlier captioning pass (captions_step in the pipeline)."""
+    description, or a caption written by an earlier captioning pass (captions_step in the pipeline).
+
+    With `vague_rate` it is a weak captioner: that share of the synthetic scenes (drawn from an RNG
+    seeded with `seed`) get only the kind of picture, no values (data_prep.reasoner.vague_caption),
+    as a small captioning model misses details a larger policy could read.
+    """
+
+    def __init__(self, vague_rate: float = 0.0, seed: int = 0):
+        if not 0.0 <= vague_rate <= 1.0:
+            raise ValueError(f"vague_rate must be within [0, 1], got {vague_rate}")
+        self.vague_rate = vague_rate
+        self._rng = random.Random(seed)
 
     def caption(self, rows: Rows) -> list[str | None]:
         out: list[str | None] = []
@@ -63,6 +75,9 @@ class StoredCaptioner:
                     f"captioner=scene: row from {r.get('data_source')!r} has no extra_info['caption']; "
                     "only the synthetic task has scene descriptions (use captioner=engine for real data)"
                 )
+            # draw for every row, so one row's family does not shift the others' draws
+            if self._rng.random() < self.vague_rate:
+                cap = vague_caption(cap, r["extra_info"].get("family"))
             out.append(cap)
         return out
 
@@ -75,12 +90,14 @@ class ProgrammaticTextReasoner:
     """
 
     def __init__(self, wrong_rate: float, reflect_rate: float, verbose_rate: float,
-                 reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES):
+                 reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES, restate_caption: bool = False):
         self.rates = dict(wrong_rate=wrong_rate, reflect_rate=reflect_rate, verbose_rate=verbose_rate)
         self.reflection_phrases = tuple(reflection_phrases)
+        self.restate_caption = restate_caption
 
     def reason(self, rows: Rows, captions: list[str], k: int, seed: int) -> list[list[str]]:
-        reasoner = ProgrammaticReasoner(seed=seed, reflection_phrases=self.reflection_phrases, **self.rates)
+        reasoner = ProgrammaticReasoner(seed=seed, reflection_phrases=self.reflection_phrases,
+                                        restate_caption=self.restate_caption, **self.rates)
         out = []
         for r, cap in zip(rows, captions):
             family = r["extra_info"].get("family")

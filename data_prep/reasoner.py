@@ -16,7 +16,15 @@ reflection filters have real work to do:
   misjudged angle or length) and reasons consistently from the misread scene to a wrong answer;
 - reflective: it inserts reflection sentences ("Wait, ...", "Hmm, ...") and sometimes a reflection
   phrase in the middle of a sentence;
-- verbose: it pads the reasoning with restatements until the response exceeds 500 words.
+- verbose: it pads the reasoning with restatements until the response exceeds 500 words;
+- guessing: given a caption without values (what a weak captioner writes, `vague_caption`), it
+  says so and guesses an answer of the right kind. Lucky guesses pass the correctness filter, so
+  SFT data distilled this way teaches a model to guess sometimes instead of reading the image;
+  GRPO's group-relative reward is what selects reading over guessing (docs/benchmarks.md).
+
+With `restate_caption` the reasoning starts with the caption word for word, as R1-style models
+restate what they were given; a tiny model learns to read an image into the phrasing it was
+pretrained to caption with, and does not carry that across rephrasings (docs/benchmarks.md).
 
 Normal responses are kept short (about 20-60 words) because the tiny model has to learn them.
 This module only knows the caption and question grammar of the synthetic generator; it does not
@@ -82,6 +90,7 @@ class _Problem:
 @dataclass(frozen=True)
 class _Family:
     parse: Callable[[str, str], _Problem]
+    guesses: Callable[[str], tuple[str, ...]]  # the answers a question of this kind can have
     solve: Callable[[_Problem], str]
     perturbations: Callable[[_Problem], list[_Problem]]  # misreadings of one value
     explain: Callable[[_Problem, str], tuple[list[str], str]]  # (reasoning steps, conclusion)
@@ -119,6 +128,12 @@ def _count_parse(caption: str, question: str) -> _Problem:
         raise _fail("count caption", caption)
     color, shape = m.group(1), m.group(2)
     return _Problem("count", values, (color, None if shape == "shape" else shape))
+
+
+def _count_guesses(question: str) -> tuple[str, ...]:
+    if not _COUNT_Q.search(question):
+        raise _fail("count question", question)
+    return tuple(str(n) for n in range(6))
 
 
 def _count_matches(p: _Problem) -> list[tuple[str, str]]:
@@ -192,6 +207,16 @@ def _chart_parse(caption: str, question: str) -> _Problem:
     return _Problem("chart", values, query)
 
 
+def _chart_guesses(question: str) -> tuple[str, ...]:
+    if _CHART_VALUE.search(question):
+        return tuple(str(n) for n in range(1, 7))
+    if _CHART_SUM.search(question):
+        return tuple(str(n) for n in range(2, 13))
+    if _CHART_RANGE in question:
+        return tuple(str(n) for n in range(6))
+    raise _fail("chart question", question)
+
+
 def _chart_solve(p: _Problem) -> str:
     v, q = p.values, p.query
     if q[0] == "value":
@@ -250,6 +275,12 @@ def _ruler_parse(caption: str, question: str) -> _Problem:
     return _Problem("ruler", {c: b for c, (a, b) in lines.items()}, (color, {c: a for c, (a, b) in lines.items()}))
 
 
+def _ruler_guesses(question: str) -> tuple[str, ...]:
+    if not _RULER_Q.search(question):
+        raise _fail("ruler question", question)
+    return tuple(str(n) for n in range(1, 7))
+
+
 def _ruler_solve(p: _Problem) -> str:
     color, starts = p.query
     return str(p.values[color] - starts[color])
@@ -296,6 +327,12 @@ def _compare_parse(caption: str, question: str) -> _Problem:
     return _Problem("compare", values, (kind, word))
 
 
+def _compare_guesses(question: str) -> tuple[str, ...]:
+    if not _COMPARE_Q.search(question):
+        raise _fail("compare question", question)
+    return ("A", "B")
+
+
 def _compare_solve(p: _Problem) -> str:
     a, b = p.values["A"], p.values["B"]
     if a == b:
@@ -336,11 +373,11 @@ def _compare_explain(p: _Problem, answer: str) -> tuple[list[str], str]:
 
 
 _FAMILIES: dict[str, _Family] = {
-    "count": _Family(_count_parse, _count_solve, _count_perturbations, _count_explain, _count_describe, "count"),
-    "chart": _Family(_chart_parse, _chart_solve, _chart_perturbations, _chart_explain, _chart_describe, "bar values"),
-    "ruler": _Family(_ruler_parse, _ruler_solve, _ruler_perturbations, _ruler_explain, _ruler_describe, "line ends"),
+    "count": _Family(_count_parse, _count_guesses, _count_solve, _count_perturbations, _count_explain, _count_describe, "count"),
+    "chart": _Family(_chart_parse, _chart_guesses, _chart_solve, _chart_perturbations, _chart_explain, _chart_describe, "bar values"),
+    "ruler": _Family(_ruler_parse, _ruler_guesses, _ruler_solve, _ruler_perturbations, _ruler_explain, _ruler_describe, "line ends"),
     "compare": _Family(
-        _compare_parse, _compare_solve, _compare_perturbations, _compare_explain, _compare_describe, "comparison"
+        _compare_parse, _compare_guesses, _compare_solve, _compare_perturbations, _compare_explain, _compare_describe, "comparison"
     ),
 }
 FAMILIES = tuple(_FAMILIES)
@@ -350,6 +387,30 @@ def _family(name: str) -> _Family:
     if name not in _FAMILIES:
         raise ValueError(f"reasoner knows no task family {name!r}; known: {', '.join(_FAMILIES)}")
     return _FAMILIES[name]
+
+
+# What a weak captioner writes when it does not make out the values: the kind of picture only.
+_VAGUE_CAPTIONS = {
+    "count": "The image shows some shapes.",
+    "chart": "A bar chart.",
+    "ruler": "A ruler with lines.",
+    "compare": "Two {kind}s.",
+}
+
+
+def vague_caption(caption: str, family: str) -> str:
+    """The caption a weak captioner writes for this scene: its kind, none of its values."""
+    _family(family)
+    if family == "compare":
+        kind = "angle" if caption.startswith("Two angles") else "line"
+        return _VAGUE_CAPTIONS[family].format(kind=kind)
+    return _VAGUE_CAPTIONS[family]
+
+
+def _is_vague(caption: str, family: str) -> bool:
+    if family == "compare":
+        return caption in ("Two angles.", "Two lines.")
+    return caption == _VAGUE_CAPTIONS[family]
 
 
 def reflection_sentences(phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES, subject: str = "count") -> list[str]:
@@ -366,7 +427,8 @@ class ProgrammaticReasoner:
 
     Each of the k samples of a call draws independently from one seeded RNG: wrong with
     probability `wrong_rate`, reflective with `reflect_rate`, over-long with `verbose_rate`.
-    The same seed and the same sequence of calls give the same responses.
+    A caption without values (`vague_caption`) gets k guesses instead. The same seed and the same
+    sequence of calls give the same responses.
     """
 
     def __init__(
@@ -376,6 +438,7 @@ class ProgrammaticReasoner:
         reflect_rate: float = 0.25,
         verbose_rate: float = 0.15,
         reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES,
+        restate_caption: bool = False,
     ):
         for name, rate in (("wrong_rate", wrong_rate), ("reflect_rate", reflect_rate), ("verbose_rate", verbose_rate)):
             if not 0.0 <= rate <= 1.0:
@@ -387,6 +450,7 @@ class ProgrammaticReasoner:
         self.reflect_rate = reflect_rate
         self.verbose_rate = verbose_rate
         self.reflection_phrases = tuple(phrases)
+        self.restate_caption = restate_caption
         self._rng = random.Random(seed)
 
     def solve(self, caption: str, question: str, family: str) -> str:
@@ -399,11 +463,22 @@ class ProgrammaticReasoner:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         fam = _family(family)
+        if _is_vague(caption, family):
+            candidates = fam.guesses(_strip(question))
+            return [self._guess(fam, caption, candidates) for _ in range(k)]
         problem = fam.parse(caption, _strip(question))
         truth = fam.solve(problem)
-        return [self._one(fam, problem, truth) for _ in range(k)]
+        return [self._one(fam, problem, truth, caption) for _ in range(k)]
 
-    def _one(self, fam: _Family, problem: _Problem, truth: str) -> str:
+    def _guess(self, fam: _Family, caption: str, candidates: tuple[str, ...]) -> str:
+        """What a reasoner says when the caption has no values: that it cannot tell, and a guess."""
+        answer = self._rng.choice(candidates)
+        steps = [f"The description does not give the {fam.subject}, so I can only guess.", f"I guess {answer}."]
+        if self.restate_caption:
+            steps.insert(0, caption)
+        return f"<think>{' '.join(steps)}</think>\nMy guess is {answer}.\n<answer>{answer}</answer>"
+
+    def _one(self, fam: _Family, problem: _Problem, truth: str, caption: str) -> str:
         rng = self._rng
         # draw all three decisions every time so that one rate does not shift the others' streams
         wrong = rng.random() < self.wrong_rate
@@ -416,6 +491,10 @@ class ProgrammaticReasoner:
             problem = rng.choice(misread)
         answer = fam.solve(problem)
         steps, conclusion = fam.explain(problem, answer)
+        if self.restate_caption:
+            # the caption replaces the reasoning's own description of the scene (when it has one)
+            scene = fam.describe(problem)
+            steps = [caption] + [s for s in steps if s != scene[:1].upper() + scene[1:] + "."]
         if reflect:
             steps = self._reflect(steps, fam.subject)
         if verbose:

@@ -63,3 +63,32 @@ def test_scene_captioner_needs_a_caption():
 
 def test_bare_question_drops_placeholders():
     assert D.bare_question(row(question="How many?")) == "How many?"
+
+
+def test_weak_captioner_leaves_out_values_and_the_reasoner_guesses():
+    rows = generate(200, seed=2, split="train")
+    captions = D.StoredCaptioner(vague_rate=0.5, seed=3).caption(rows)
+    assert captions == D.StoredCaptioner(vague_rate=0.5, seed=3).caption(rows)  # seeded
+    vague = [c != r["extra_info"]["caption"] for c, r in zip(captions, rows)]
+    assert 70 <= sum(vague) <= 130  # about half (binomial, 200 draws)
+    for c, r, v in zip(captions, rows, vague):
+        if v:  # the kind of picture only: no digit of the scene survives
+            assert not re.search(r"\d", c), c
+    assert D.StoredCaptioner().caption(rows) == [r["extra_info"]["caption"] for r in rows]  # default: exact
+    with pytest.raises(ValueError, match="vague_rate"):
+        D.StoredCaptioner(vague_rate=1.5)
+
+    reasoner = D.ProgrammaticTextReasoner(wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    out, stats = D.distill(rows, D.StoredCaptioner(vague_rate=0.5, seed=3), reasoner, k=4, seed=1)
+    assert stats["rows_out"] == 800 and stats.get("reasoner_failed", 0) == 0
+    guessed = [r for r in out if "can only guess" in r["response"]]
+    assert {r["extra_info"]["caption"] for r in guessed} <= {c for c, v in zip(captions, vague) if v}
+    assert len(guessed) == 4 * sum(vague)
+    # every response restates the caption it was given; reading ones are always right here
+    for r in out:
+        assert r["response"].startswith("<think>" + r["extra_info"]["caption"] + " ")
+        if r not in guessed:
+            assert r["response"].endswith(f"<answer>{r['reward_model']['ground_truth']}</answer>")
+    # guesses are right at about the chance rate, so the correctness filter keeps some of them
+    right = sum(r["response"].endswith(f"<answer>{r['reward_model']['ground_truth']}</answer>") for r in guessed)
+    assert 0.1 * len(guessed) < right < 0.6 * len(guessed)

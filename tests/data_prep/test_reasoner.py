@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import re
 
 import pytest
 
 from data_prep import synthetic
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, ProgrammaticReasoner
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, ProgrammaticReasoner, vague_caption
 
 FORMAT = re.compile(r"<think>(.+)</think>\n(.+)\n<answer>(.+)</answer>", re.DOTALL)
 N = 500  # samples per family
@@ -115,3 +116,32 @@ def test_bad_input_is_named():
         ProgrammaticReasoner(seed=0, wrong_rate=1.5)
     with pytest.raises(ValueError, match="k must"):
         reasoner.answer("A bar chart with bars A=1, B=2, C=3.", "What is the value of bar A?", "chart", k=0)
+
+
+def test_vague_caption_gets_guesses_of_the_right_kind():
+    reasoner = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0)
+    answers = collections.defaultdict(set)
+    for i in range(120):
+        family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]
+        s = synthetic.sample(i, seed=0, split="train", family=family)
+        vague = vague_caption(s.caption, family)
+        assert not any(ch.isdigit() for ch in vague) and vague != s.caption
+        for r in reasoner.answer(vague, s.question, family, k=8):
+            assert "can only guess" in r, r
+            answers[s.template].add(r.rsplit("<answer>", 1)[1].removesuffix("</answer>"))
+    # every guess is an answer the template can have, and the guesses vary
+    for template, got in answers.items():
+        assert got <= set(synthetic.TEMPLATE_ANSWERS[template]), (template, got)
+        assert len(got) >= 2, (template, got)
+    with pytest.raises(ValueError, match="question"):  # a question it does not know is still an error
+        reasoner.answer("A bar chart.", "Which bar is blue?", "chart", k=1)
+
+
+def test_restated_caption_opens_the_reasoning_and_replaces_its_own_description():
+    plain = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0)
+    restating = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    s = synthetic.sample(0, seed=0, split="train", family="chart")
+    before, after = plain.answer(s.caption, s.question, "chart")[0], restating.answer(s.caption, s.question, "chart")[0]
+    assert after.startswith("<think>" + s.caption + " ") and not before.startswith("<think>" + s.caption)
+    assert "The bar chart has" in before and "The bar chart has" not in after  # no second description
+    assert before.endswith(f"<answer>{s.answer}</answer>") and after.endswith(f"<answer>{s.answer}</answer>")
