@@ -23,8 +23,10 @@ from ovlt_rl.eval.config import EvalConfig
 @dataclass
 class ModelConfig:
     path: str = "tiny"
-    """HF-format Qwen2.5-VL folder. "tiny" means the offline tiny model in the cache folder
-    (built on first use by `ovlt prepare tiny-model`)."""
+    """HF-format Qwen2.5-VL folder. "tiny" means the offline tiny model (random weights) in the
+    cache folder (built on first use by `ovlt prepare tiny-model`); "tiny-pretrained" the tiny
+    model after pretraining on captions and text-only reasoning, shipped in the package
+    (ovlt_rl/models/tiny_pretrained/)."""
     dtype: str = "auto"
     """Parameter dtype for compute: "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"."""
     attn_implementation: str = "sdpa"

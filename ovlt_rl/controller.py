@@ -167,6 +167,8 @@ def ensure_data(cfg: Config) -> None:
 def absolute_paths(cfg: Config) -> None:
     """Make every path of the run absolute, so that Ray workers (whose working folder may differ,
     e.g. a job's copy of the repo) read and write the same places as the driver."""
+    from ovlt_rl.models.loading import BUILTIN_MODELS
+
     def fix(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
 
@@ -174,7 +176,7 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
     cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
     cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
-    if cfg.model.path != "tiny":
+    if cfg.model.path not in BUILTIN_MODELS:
         cfg.model.path = fix(cfg.model.path)
 
 

@@ -6,6 +6,9 @@ How it works:
   use. The folder name carries the builder version and a fingerprint of the tokenizer corpus, so a
   changed builder or corpus gets a fresh build instead of a stale one. A file lock keeps two
   processes from building it at once; the build itself writes to a temporary folder and renames it.
+- The special value "tiny-pretrained" is the tiny model after pretraining on captions and on
+  text-only reasoning, shipped in the package (ovlt_rl/models/tiny_pretrained/, 6 MB; its README
+  says how it was made): the tiny analogue of a pretrained VLM that reads images and reasons in words.
 - `load_processor(path)` uses the stock `AutoProcessor` where torchvision works (GPU machines), and
   `ImageOnlyQwen2_5_VLProcessor` where it does not; `min_pixels`/`max_pixels` set the image bounds.
 - `load_model(path)` is `Qwen2_5_VLForConditionalGeneration.from_pretrained` with a clear error for
@@ -26,6 +29,9 @@ from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGene
 from ovlt_rl.models.processor import ImageOnlyQwen2_5_VLProcessor, torchvision_usable
 
 TINY = "tiny"
+TINY_PRETRAINED = "tiny-pretrained"
+TINY_PRETRAINED_DIR = Path(__file__).parent / "tiny_pretrained"
+BUILTIN_MODELS = (TINY, TINY_PRETRAINED)
 
 
 def default_cache_dir() -> Path:
@@ -66,9 +72,14 @@ def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:
 
 
 def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """`path` itself, or for "tiny" the cached tiny model's folder (built if missing)."""
+    """`path` itself; for "tiny" the cached tiny model's folder (built if missing); for
+    "tiny-pretrained" the folder shipped in the package."""
     if path == TINY:
         return str(ensure_tiny_model(tiny_model_dir(cache_dir)))
+    if path == TINY_PRETRAINED:
+        if not (TINY_PRETRAINED_DIR / "model.safetensors").is_file():
+            raise FileNotFoundError(f"the tiny-pretrained model is missing from {TINY_PRETRAINED_DIR}: reinstall ovlt")
+        return str(TINY_PRETRAINED_DIR)
     return path
 
 
