@@ -245,7 +245,11 @@ def _baseline(args, model_dir, q):
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(
         torch.device(dev, args.baseline_gpu) if dev == "cuda" else dev)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable = getattr(model, "activation_checkpointing_enable", None)  # renamed in transformers 5.2x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     samples = make_samples(args.samples_per_rank, 1, AutoConfig.from_pretrained(model_dir), args.shapes)
     samples.sort(key=lambda s: len(s["input_ids"]))  # the same length-sorted micro-batches as ours, padded

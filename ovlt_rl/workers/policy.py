@@ -117,7 +117,12 @@ class PolicyWorker:
             for p in model.model.visual.parameters():
                 p.requires_grad_(False)
         if cfg.model.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers 5.2x renamed it (the old name warns); the device image still has 5.17
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         self.hf_config = model.config
         self._prepare_attention(model, compute_dtype)
