@@ -237,6 +237,8 @@ def start_ours(world: int, args, model_dir: str):
 def _baseline(args, model_dir, q):
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
+    from ovlt_rl.models.loading import enable_gradient_checkpointing
+
     dev = args.device
     if dev == "cuda":
         torch.cuda.set_device(args.baseline_gpu)
@@ -245,11 +247,7 @@ def _baseline(args, model_dir, q):
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(
         torch.device(dev, args.baseline_gpu) if dev == "cuda" else dev)
-    enable = getattr(model, "activation_checkpointing_enable", None)  # renamed in transformers 5.2x
-    if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_gradient_checkpointing(model)  # transformers' own checkpointing, under either of its names
     model.config.use_cache = False
     samples = make_samples(args.samples_per_rank, 1, AutoConfig.from_pretrained(model_dir), args.shapes)
     samples.sort(key=lambda s: len(s["input_ids"]))  # the same length-sorted micro-batches as ours, padded

@@ -389,28 +389,27 @@ def _family(name: str) -> _Family:
     return _FAMILIES[name]
 
 
-# What a weak captioner writes when it does not make out the values: the kind of picture only.
+# What a weak captioner writes when it does not make out the values: the kind of picture only
+# (comparisons: one caption per kind, angles or lines).
 _VAGUE_CAPTIONS = {
-    "count": "The image shows some shapes.",
-    "chart": "A bar chart.",
-    "ruler": "A ruler with lines.",
-    "compare": "Two {kind}s.",
+    "count": ("The image shows some shapes.",),
+    "chart": ("A bar chart.",),
+    "ruler": ("A ruler with lines.",),
+    "compare": ("Two angles.", "Two lines."),
 }
 
 
 def vague_caption(caption: str, family: str) -> str:
     """The caption a weak captioner writes for this scene: its kind, none of its values."""
     _family(family)
-    if family == "compare":
-        kind = "angle" if caption.startswith("Two angles") else "line"
-        return _VAGUE_CAPTIONS[family].format(kind=kind)
-    return _VAGUE_CAPTIONS[family]
+    options = _VAGUE_CAPTIONS[family]
+    if family == "compare" and not caption.startswith("Two angles"):
+        return options[1]
+    return options[0]
 
 
 def _is_vague(caption: str, family: str) -> bool:
-    if family == "compare":
-        return caption in ("Two angles.", "Two lines.")
-    return caption == _VAGUE_CAPTIONS[family]
+    return caption in _VAGUE_CAPTIONS[family]
 
 
 def reflection_sentences(phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES, subject: str = "count") -> list[str]:

@@ -134,3 +134,13 @@ def load_model(
         path, config=config, dtype=dtype, attn_implementation=attn_implementation
     )
     return model.to(device)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of a transformers model. transformers 5.2x renamed
+    `gradient_checkpointing_enable` (the old name warns); the device image still has 5.17."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -104,7 +104,7 @@ class PolicyWorker:
 
     def setup(self, total_opt_steps: int) -> dict[str, Any]:
         """Load the model (and reference copy), shard, and build the optimizer and lr schedule."""
-        from ovlt_rl.models.loading import load_model
+        from ovlt_rl.models.loading import enable_gradient_checkpointing, load_model
 
         cfg = self.cfg
         torch.manual_seed(cfg.trainer.seed)
@@ -117,12 +117,7 @@ class PolicyWorker:
             for p in model.model.visual.parameters():
                 p.requires_grad_(False)
         if cfg.model.gradient_checkpointing:
-            # transformers 5.2x renamed it (the old name warns); the device image still has 5.17
-            enable = getattr(model, "activation_checkpointing_enable", None)
-            if enable is not None:
-                enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_gradient_checkpointing(model)
         model.config.use_cache = False
         self.hf_config = model.config
         self._prepare_attention(model, compute_dtype)
