@@ -87,7 +87,7 @@ def write_pretrain(out: Path, n: int, seed: int) -> None:
     from data_prep.reasoner import ProgrammaticReasoner
     from ovlt_rl.data.schema import make_row, write_rows
 
-    reasoner = ProgrammaticReasoner(seed=seed, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    reasoner = ProgrammaticReasoner(seed=seed, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_rate=1.0)
     rows = []
     for i in range(n):
         family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]

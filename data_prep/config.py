@@ -103,11 +103,14 @@ class DistillConfig:
     """Programmatic reasoner: chance a sample contains reflections."""
     verbose_rate: float = 0.15
     """Programmatic reasoner: chance a sample is padded past 500 words."""
-    restate_caption: bool = False
-    """Programmatic reasoner: start the reasoning with the caption, word for word."""
+    restate_rate: float = 0.0
+    """Programmatic reasoner: share of responses whose reasoning starts with the caption, word for
+    word (1.0: all)."""
     vague_rate: float = 0.0
     """Captioner=scene: share of scenes captioned without their values (a weak captioner); the
     programmatic reasoner guesses on those, and lucky guesses pass the correctness filter."""
+    vague_families: list[str] | None = None
+    """Captioner=scene: the task families vague_rate applies to (null: all), e.g. [chart]."""
 
 
 @dataclass
@@ -222,9 +225,15 @@ def validate_prepare(p: PrepareConfig) -> None:
     check(p.synthetic or bool(p.sources), "sources", "no sources and prepare.synthetic is false: nothing to prepare")
     check(p.distill.captioner in ("scene", "engine"), "distill.captioner", f"unknown {p.distill.captioner!r}")
     check(p.distill.reasoner in ("programmatic", "engine"), "distill.reasoner", f"unknown {p.distill.reasoner!r}")
+    check(0.0 <= p.distill.restate_rate <= 1.0, "distill.restate_rate", f"must be within [0, 1], got {p.distill.restate_rate}")
     check(0.0 <= p.distill.vague_rate <= 1.0, "distill.vague_rate", f"must be within [0, 1], got {p.distill.vague_rate}")
     check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
           "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
+    if p.distill.vague_families is not None:
+        from data_prep.reasoner import TASK_FAMILIES
+        unknown = [f for f in p.distill.vague_families if f not in TASK_FAMILIES]
+        check(bool(p.distill.vague_families) and not unknown, "distill.vague_families",
+              f"expected a non-empty list of {', '.join(TASK_FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
     if p.mode == "distill":
         check(p.distill.k >= 1, "distill.k", f"must be >= 1, got {p.distill.k}")
         if p.distill.captioner == "engine":

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Protocol, Sequence
 
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, ProgrammaticReasoner, vague_caption
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, TASK_FAMILIES, ProgrammaticReasoner, vague_caption
 from ovlt_rl.data.schema import IMAGE_PLACEHOLDER, question_text
 from ovlt_rl.engines.base import SamplingParams
 from reward.grading import extract_answer
@@ -57,13 +57,19 @@ class StoredCaptioner:
 
     With `vague_rate` it is a weak captioner: that share of the synthetic scenes (drawn from an RNG
     seeded with `seed`) get only the kind of picture, no values (data_prep.reasoner.vague_caption),
-    as a small captioning model misses details a larger policy could read.
+    as a small captioning model misses details a larger policy could read. `vague_families`
+    limits that to some task families (None: all), e.g. ["chart"]: small captioners read bar
+    values worst.
     """
 
-    def __init__(self, vague_rate: float = 0.0, seed: int = 0):
+    def __init__(self, vague_rate: float = 0.0, seed: int = 0, vague_families: Sequence[str] | None = None):
         if not 0.0 <= vague_rate <= 1.0:
             raise ValueError(f"vague_rate must be within [0, 1], got {vague_rate}")
+        unknown = [f for f in vague_families or () if f not in TASK_FAMILIES]
+        if unknown:
+            raise ValueError(f"vague_families: unknown task families {unknown}; known: {', '.join(TASK_FAMILIES)}")
         self.vague_rate = vague_rate
+        self.vague_families = None if vague_families is None else frozenset(vague_families)
         self._rng = random.Random(seed)
 
     def caption(self, rows: Rows) -> list[str | None]:
@@ -76,8 +82,9 @@ class StoredCaptioner:
                     "only the synthetic task has scene descriptions (use captioner=engine for real data)"
                 )
             # draw for every row, so one row's family does not shift the others' draws
-            if self._rng.random() < self.vague_rate:
-                cap = vague_caption(cap, r["extra_info"].get("family"))
+            family = r["extra_info"].get("family")
+            if self._rng.random() < self.vague_rate and (self.vague_families is None or family in self.vague_families):
+                cap = vague_caption(cap, family)
             out.append(cap)
         return out
 
@@ -90,14 +97,14 @@ class ProgrammaticTextReasoner:
     """
 
     def __init__(self, wrong_rate: float, reflect_rate: float, verbose_rate: float,
-                 reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES, restate_caption: bool = False):
+                 reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES, restate_rate: float = 0.0):
         self.rates = dict(wrong_rate=wrong_rate, reflect_rate=reflect_rate, verbose_rate=verbose_rate)
         self.reflection_phrases = tuple(reflection_phrases)
-        self.restate_caption = restate_caption
+        self.restate_rate = restate_rate
 
     def reason(self, rows: Rows, captions: list[str], k: int, seed: int) -> list[list[str]]:
         reasoner = ProgrammaticReasoner(seed=seed, reflection_phrases=self.reflection_phrases,
-                                        restate_caption=self.restate_caption, **self.rates)
+                                        restate_rate=self.restate_rate, **self.rates)
         out = []
         for r, cap in zip(rows, captions):
             family = r["extra_info"].get("family")

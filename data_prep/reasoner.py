@@ -22,9 +22,11 @@ reflection filters have real work to do:
   SFT data distilled this way teaches a model to guess sometimes instead of reading the image;
   GRPO's group-relative reward is what selects reading over guessing (docs/benchmarks.md).
 
-With `restate_caption` the reasoning starts with the caption word for word, as R1-style models
-restate what they were given; a tiny model learns to read an image into the phrasing it was
-pretrained to caption with, and does not carry that across rephrasings (docs/benchmarks.md).
+With `restate_rate` that share of the responses starts its reasoning with the caption word for
+word, as R1-style models restate what they were given; a tiny model learns to read an image into
+the phrasing it was pretrained to caption with, and does not carry that across rephrasings
+(docs/benchmarks.md). A restated scene costs tokens: under a tight response budget the
+description can leave no room for the answer.
 
 Normal responses are kept short (about 20-60 words) because the tiny model has to learn them.
 This module only knows the caption and question grammar of the synthetic generator; it does not
@@ -383,6 +385,9 @@ _FAMILIES: dict[str, _Family] = {
 FAMILIES = tuple(_FAMILIES)
 
 
+TASK_FAMILIES = tuple(_FAMILIES)
+
+
 def _family(name: str) -> _Family:
     if name not in _FAMILIES:
         raise ValueError(f"reasoner knows no task family {name!r}; known: {', '.join(_FAMILIES)}")
@@ -437,9 +442,10 @@ class ProgrammaticReasoner:
         reflect_rate: float = 0.25,
         verbose_rate: float = 0.15,
         reflection_phrases: Sequence[str] = DEFAULT_REFLECTION_PHRASES,
-        restate_caption: bool = False,
+        restate_rate: float = 0.0,
     ):
-        for name, rate in (("wrong_rate", wrong_rate), ("reflect_rate", reflect_rate), ("verbose_rate", verbose_rate)):
+        for name, rate in (("wrong_rate", wrong_rate), ("reflect_rate", reflect_rate), ("verbose_rate", verbose_rate),
+                           ("restate_rate", restate_rate)):
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {rate}")
         phrases = [p.strip() for p in reflection_phrases]
@@ -449,7 +455,7 @@ class ProgrammaticReasoner:
         self.reflect_rate = reflect_rate
         self.verbose_rate = verbose_rate
         self.reflection_phrases = tuple(phrases)
-        self.restate_caption = restate_caption
+        self.restate_rate = restate_rate
         self._rng = random.Random(seed)
 
     def solve(self, caption: str, question: str, family: str) -> str:
@@ -473,7 +479,7 @@ class ProgrammaticReasoner:
         """What a reasoner says when the caption has no values: that it cannot tell, and a guess."""
         answer = self._rng.choice(candidates)
         steps = [f"The description does not give the {fam.subject}, so I can only guess.", f"I guess {answer}."]
-        if self.restate_caption:
+        if self._restate():
             steps.insert(0, caption)
         return f"<think>{' '.join(steps)}</think>\nMy guess is {answer}.\n<answer>{answer}</answer>"
 
@@ -490,7 +496,7 @@ class ProgrammaticReasoner:
             problem = rng.choice(misread)
         answer = fam.solve(problem)
         steps, conclusion = fam.explain(problem, answer)
-        if self.restate_caption:
+        if self._restate():
             # the caption replaces the reasoning's own description of the scene (when it has one)
             scene = fam.describe(problem)
             steps = [caption] + [s for s in steps if s != scene[:1].upper() + scene[1:] + "."]
@@ -499,6 +505,10 @@ class ProgrammaticReasoner:
         if verbose:
             steps = self._pad(steps, fam.describe(problem), conclusion, answer)
         return f"<think>{' '.join(steps)}</think>\n{conclusion}\n<answer>{answer}</answer>"
+
+    def _restate(self) -> bool:
+        # no draw at rate 0 or 1, so those keep the RNG stream (and the data) of the other rates
+        return self.restate_rate >= 1.0 or (self.restate_rate > 0.0 and self._rng.random() < self.restate_rate)
 
     def _reflect(self, steps: list[str], subject: str) -> list[str]:
         """Insert one or two reflection sentences, or a phrase in the middle of a sentence, or both."""

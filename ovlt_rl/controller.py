@@ -149,19 +149,51 @@ def ensure_data(cfg: Config) -> None:
     data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into `data.prepare_dir`."""
     files = list(cfg.data.train_files) + list(cfg.data.val_files)
     missing = [f for f in files if not Path(f).is_file()]
-    if not missing:
-        return
     if not cfg.data.prepare_recipe:
-        raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
+        if missing:
+            raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
+        return
     from data_prep.pipeline import run_prepare
     from ovlt_rl.config import load_config
 
-    out = cfg.data.prepare_dir or str(Path(missing[0]).parent)
+    out = cfg.data.prepare_dir or str(Path((missing or files)[0]).parent)
+    prep = load_config("prepare", [f"recipe={cfg.data.prepare_recipe}", f"prepare.output_dir={out}"])
+    if not missing:
+        _check_prepared_with(prep, cfg.data.prepare_recipe, Path(out))
+        return
     log.info("data files missing (%s): running `ovlt prepare recipe=%s` into %s", ", ".join(missing), cfg.data.prepare_recipe, out)
-    run_prepare(load_config("prepare", [f"recipe={cfg.data.prepare_recipe}", f"prepare.output_dir={out}"]))
+    run_prepare(prep)
     still = [f for f in files if not Path(f).is_file()]
     if still:
         raise FileNotFoundError(f"data preparation in {out} did not produce {', '.join(still)}")
+
+
+def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
+    """Files made earlier by the recipe's own `ovlt prepare` must come from its current settings:
+    a folder left by an older recipe (another distillation, other filters) would otherwise train
+    on data the recipe no longer describes, silently."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    manifest = out / "manifest.json"
+    if not manifest.is_file():  # files put there by hand: the user's data, used as given
+        return
+    made = json.loads(manifest.read_text())["config"]["prepare"]
+    want = OmegaConf.to_container(OmegaConf.structured(prep))["prepare"]
+
+    def diff(a: Any, b: Any, path: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(a.keys() | b.keys()) for d in diff(a.get(k), b.get(k), f"{path}.{k}")]
+        return [] if a == b else [path]
+
+    changed = [d for d in diff(made, want, "prepare") if d != "prepare.output_dir"]
+    if changed:
+        raise RuntimeError(
+            f"{out} was made by `ovlt prepare` with other settings than recipe {recipe} has now "
+            f"({', '.join(changed)} differ): delete {out} to remake it, or set data.prepare_dir and "
+            "data.train_files / data.val_files to another folder"
+        )
 
 
 def absolute_paths(cfg: Config) -> None:
@@ -382,20 +414,22 @@ def run_grpo(cfg: Config) -> Path:
             # 5. old and reference log-probs (each rank computes its share)
             world = run.policy.world_size
             shares = split_for_ranks(samples, world)
-            t0 = time.perf_counter()
-            # At the sampling temperature, so the update is on-policy for the samples (token_logprobs).
-            old = run.policy.call_split("compute_logprobs", shares, "policy", a.micro_batch_size, r.temperature)
-            timing["timing/old_logprob_s"] = time.perf_counter() - t0
-            for share, lps in zip(shares, old):
-                for s, lp in zip(share, lps):
-                    s["old_logprobs"] = lp
-            if a.use_kl_loss:
+
+            def attach_logprobs(which: str, key: str) -> None:
                 t0 = time.perf_counter()
-                ref = run.policy.call_split("compute_logprobs", shares, "ref", a.micro_batch_size, r.temperature)
-                timing["timing/ref_logprob_s"] = time.perf_counter() - t0
-                for share, lps in zip(shares, ref):
-                    for s, lp in zip(share, lps):
-                        s["ref_logprobs"] = lp
+                # At the sampling temperature, so the update is on-policy for the samples (token_logprobs).
+                lps = run.policy.call_split("compute_logprobs", shares, which, a.micro_batch_size, r.temperature)
+                timing[f"timing/{key}_s"] = time.perf_counter() - t0
+                for share, share_lps in zip(shares, lps):
+                    for s, lp in zip(share, share_lps):
+                        s[key + "s"] = lp
+
+            # With one update per rollout batch the policy still has the weights that sampled, so
+            # update_policy takes the old log-probs from its own forward pass (detached) instead.
+            if a.ppo_epochs * minibatches > 1:
+                attach_logprobs("policy", "old_logprob")
+            if a.use_kl_loss:
+                attach_logprobs("ref", "ref_logprob")
 
             # 6. policy update: mini-batches of whole groups, each one optimizer step
             t0 = time.perf_counter()

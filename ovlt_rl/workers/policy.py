@@ -270,9 +270,12 @@ class PolicyWorker:
         token-mean), so that accumulated micro-batch gradients, averaged by FSDP over ranks,
         equal the gradient of the mini-batch's loss. `temperature`: the one the samples were drawn
         at and their old/reference log-probs computed at (the policy optimised is softmax(logits / T)).
+        Samples without "old_logprobs" are on-policy (this is the one update since they were drawn):
+        their old log-probs are this forward pass's, detached, which saves a forward pass over the batch.
         """
         a = self.cfg.actor
-        keys = ("old_logprobs", "advantages") + (("ref_logprobs",) if self.ref is not None else ())
+        on_policy = "old_logprobs" not in samples[0]
+        keys = ("advantages",) + (() if on_policy else ("old_logprobs",)) + (("ref_logprobs",) if self.ref is not None else ())
         scale = self.world / denominator  # FSDP averages over ranks
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -286,7 +289,7 @@ class PolicyWorker:
                 (logp[mask].sum() * 0.0).backward()
                 continue
             pg, m = policy_loss(
-                logp, batch["old_logprobs"], batch["advantages"], mask,
+                logp, logp.detach() if on_policy else batch["old_logprobs"], batch["advantages"], mask,
                 clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high,
                 dual_clip=a.clip_ratio_dual or None, agg=a.loss_agg_mode, denominator=1.0,
             )

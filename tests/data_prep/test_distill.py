@@ -78,7 +78,7 @@ def test_weak_captioner_leaves_out_values_and_the_reasoner_guesses():
     with pytest.raises(ValueError, match="vague_rate"):
         D.StoredCaptioner(vague_rate=1.5)
 
-    reasoner = D.ProgrammaticTextReasoner(wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    reasoner = D.ProgrammaticTextReasoner(wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_rate=1.0)
     out, stats = D.distill(rows, D.StoredCaptioner(vague_rate=0.5, seed=3), reasoner, k=4, seed=1)
     assert stats["rows_out"] == 800 and stats.get("reasoner_failed", 0) == 0
     guessed = [r for r in out if "can only guess" in r["response"]]
@@ -92,3 +92,17 @@ def test_weak_captioner_leaves_out_values_and_the_reasoner_guesses():
     # guesses are right at about the chance rate, so the correctness filter keeps some of them
     right = sum(r["response"].endswith(f"<answer>{r['reward_model']['ground_truth']}</answer>") for r in guessed)
     assert 0.1 * len(guessed) < right < 0.6 * len(guessed)
+
+
+def test_weak_captioner_can_miss_only_some_families():
+    rows = generate(200, seed=2, split="train")
+    captions = D.StoredCaptioner(vague_rate=1.0, seed=3, vague_families=["chart"]).caption(rows)
+    for c, r in zip(captions, rows):
+        exact = r["extra_info"]["caption"]
+        if r["extra_info"]["family"] == "chart":
+            assert c != exact and not re.search(r"\d", c), c
+        else:
+            assert c == exact
+    assert any(r["extra_info"]["family"] == "chart" for r in rows) and any(r["extra_info"]["family"] != "chart" for r in rows)
+    with pytest.raises(ValueError, match="unknown task families \\['charts'\\]"):
+        D.StoredCaptioner(vague_rate=0.5, vague_families=["charts"])

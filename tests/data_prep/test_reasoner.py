@@ -139,9 +139,24 @@ def test_vague_caption_gets_guesses_of_the_right_kind():
 
 def test_restated_caption_opens_the_reasoning_and_replaces_its_own_description():
     plain = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0)
-    restating = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_caption=True)
+    restating = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_rate=1.0)
     s = synthetic.sample(0, seed=0, split="train", family="chart")
     before, after = plain.answer(s.caption, s.question, "chart")[0], restating.answer(s.caption, s.question, "chart")[0]
     assert after.startswith("<think>" + s.caption + " ") and not before.startswith("<think>" + s.caption)
     assert "The bar chart has" in before and "The bar chart has" not in after  # no second description
     assert before.endswith(f"<answer>{s.answer}</answer>") and after.endswith(f"<answer>{s.answer}</answer>")
+
+
+def test_restate_rate_restates_about_that_share_and_zero_keeps_the_stream():
+    s = synthetic.sample(0, seed=0, split="train", family="ruler")
+    half = ProgrammaticReasoner(seed=1, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_rate=0.5)
+    got = half.answer(s.caption, s.question, "ruler", k=200)
+    restated = sum(r.startswith("<think>" + s.caption) for r in got)
+    assert 70 <= restated <= 130  # binomial(200, 0.5)
+    assert all(r.endswith(f"<answer>{s.answer}</answer>") for r in got)
+    # rates 0 and 1 draw nothing: the same seed makes the same misreadings with either
+    ends = lambda rate: [r.rsplit("<answer>", 1)[1] for r in ProgrammaticReasoner(seed=3, wrong_rate=0.5, reflect_rate=0.0, verbose_rate=0.0, restate_rate=rate)
+                         .answer(s.caption, s.question, "ruler", k=40)]
+    assert ends(0.0) == ends(1.0) and len(set(ends(0.0))) > 1
+    with pytest.raises(ValueError, match="restate_rate"):
+        ProgrammaticReasoner(restate_rate=2.0)

@@ -20,3 +20,30 @@ def test_accuracy_by_source_per_family_and_sorted():
 def test_accuracy_by_source_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         accuracy_by_source(["a", "b"], [1.0])
+
+
+def test_recipe_data_made_with_other_prepare_settings_is_an_error(tmp_path):
+    import json
+
+    from omegaconf import OmegaConf
+
+    from ovlt_rl.config import load_config
+    from ovlt_rl.controller import ensure_data
+
+    out = tmp_path / "tiny-data"
+    out.mkdir()
+    for name in ("sft.parquet", "val.parquet"):
+        (out / name).write_bytes(b"")  # present: ensure_data only checks where they came from
+    cfg = load_config("sft", ["recipe=tiny", f"data.prepare_dir={out}",
+                              f"data.train_files=[{out / 'sft.parquet'}]", f"data.val_files=[{out / 'val.parquet'}]"])
+    ensure_data(cfg)  # no manifest: files put there by hand are used as given
+
+    made = OmegaConf.to_container(OmegaConf.structured(load_config("prepare", ["recipe=tiny/prepare", f"prepare.output_dir={out}"])))
+    (out / "manifest.json").write_text(json.dumps({"config": made}))
+    ensure_data(cfg)  # same settings: reused
+
+    made["prepare"]["distill"]["restate_rate"] = 0.9
+    made["prepare"]["filters"]["pick"] = "longest"
+    (out / "manifest.json").write_text(json.dumps({"config": made}))
+    with pytest.raises(RuntimeError, match=r"prepare\.distill\.restate_rate, prepare\.filters\.pick differ\): delete"):
+        ensure_data(cfg)

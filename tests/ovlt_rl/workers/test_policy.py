@@ -87,6 +87,32 @@ def test_one_batch_equals_accumulated_micro_batches(model_path):
     assert changed > 0  # the step really moved the weights
 
 
+def test_on_policy_update_takes_old_logprobs_from_its_own_forward(model_path):
+    # One update per rollout batch: the controller skips the old log-prob pass and the worker uses
+    # its forward pass, detached. Same ratios (1), same update as with the precomputed old log-probs.
+    processor = load_processor(model_path)
+    samples = _samples(processor)
+    denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
+    results = []
+    for precomputed in (True, False):
+        w = _worker(model_path, **{"actor.micro_batch_size": 4})
+        batch = [dict(s) for s in samples]
+        for s, lp in zip(batch, w.compute_logprobs(batch, "policy", 4)):
+            if precomputed:
+                s["old_logprobs"] = lp
+            else:
+                del s["old_logprobs"]
+        m = w.update_policy(batch, denom)
+        results.append((_params(w), m))
+        w.shutdown()
+    (p_old, m_old), (p_self, m_self) = results
+    assert m_self["actor/ratio_mean_wsum"] == pytest.approx(m_self["actor/tokens"])  # every ratio is 1
+    assert m_self["actor/pg_loss"] == pytest.approx(m_old["actor/pg_loss"], rel=1e-5)
+    assert m_self["actor/grad_norm"] == pytest.approx(m_old["actor/grad_norm"], rel=1e-5)
+    off = sum(int(((p_old[k] - p_self[k]).abs() > 1e-6).sum()) for k in p_old)
+    assert off / sum(v.numel() for v in p_old.values()) < 0.01
+
+
 def _params_of_fresh(model_path):
     w = _worker(model_path, **{"actor.micro_batch_size": 8})
     p = _params(w)
