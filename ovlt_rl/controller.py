@@ -169,9 +169,9 @@ def ensure_data(cfg: Config) -> None:
 
 
 def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
-    """Files made earlier by the recipe's own `ovlt prepare` must come from its current settings:
-    a folder left by an older recipe (another distillation, other filters) would otherwise train
-    on data the recipe no longer describes, silently."""
+    """Files made earlier by `ovlt prepare` with other settings than the recipe's are used (a smaller
+    or custom preparation is legitimate), but never silently: a folder left by an older recipe
+    (another distillation, other filters) trains on data the recipe no longer describes."""
     import json
 
     from omegaconf import OmegaConf
@@ -189,10 +189,9 @@ def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
 
     changed = [d for d in diff(made, want, "prepare") if d != "prepare.output_dir"]
     if changed:
-        raise RuntimeError(
-            f"{out} was made by `ovlt prepare` with other settings than recipe {recipe} has now "
-            f"({', '.join(changed)} differ): delete {out} to remake it, or set data.prepare_dir and "
-            "data.train_files / data.val_files to another folder"
+        log.warning(
+            "%s was made by `ovlt prepare` with other settings than recipe %s has now (%s differ); using it "
+            "as it is. Delete %s to remake it with the recipe's settings.", out, recipe, ", ".join(changed), out,
         )
 
 
