@@ -230,10 +230,10 @@ def validate_prepare(p: PrepareConfig) -> None:
     check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
           "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
     if p.distill.vague_families is not None:
-        from data_prep.reasoner import TASK_FAMILIES
-        unknown = [f for f in p.distill.vague_families if f not in TASK_FAMILIES]
+        from data_prep.reasoner import FAMILIES
+        unknown = [f for f in p.distill.vague_families if f not in FAMILIES]
         check(bool(p.distill.vague_families) and not unknown, "distill.vague_families",
-              f"expected a non-empty list of {', '.join(TASK_FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
+              f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
     if p.mode == "distill":
         check(p.distill.k >= 1, "distill.k", f"must be >= 1, got {p.distill.k}")
         if p.distill.captioner == "engine":

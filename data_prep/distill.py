@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Protocol, Sequence
 
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, TASK_FAMILIES, ProgrammaticReasoner, vague_caption
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, FAMILIES, ProgrammaticReasoner, vague_caption
 from ovlt_rl.data.schema import IMAGE_PLACEHOLDER, question_text
 from ovlt_rl.engines.base import SamplingParams
 from reward.grading import extract_answer
@@ -65,9 +65,9 @@ class StoredCaptioner:
     def __init__(self, vague_rate: float = 0.0, seed: int = 0, vague_families: Sequence[str] | None = None):
         if not 0.0 <= vague_rate <= 1.0:
             raise ValueError(f"vague_rate must be within [0, 1], got {vague_rate}")
-        unknown = [f for f in vague_families or () if f not in TASK_FAMILIES]
+        unknown = [f for f in vague_families or () if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"vague_families: unknown task families {unknown}; known: {', '.join(TASK_FAMILIES)}")
+            raise ValueError(f"vague_families: unknown task families {unknown}; known: {', '.join(FAMILIES)}")
         self.vague_rate = vague_rate
         self.vague_families = None if vague_families is None else frozenset(vague_families)
         self._rng = random.Random(seed)

@@ -385,9 +385,6 @@ _FAMILIES: dict[str, _Family] = {
 FAMILIES = tuple(_FAMILIES)
 
 
-TASK_FAMILIES = tuple(_FAMILIES)
-
-
 def _family(name: str) -> _Family:
     if name not in _FAMILIES:
         raise ValueError(f"reasoner knows no task family {name!r}; known: {', '.join(_FAMILIES)}")
