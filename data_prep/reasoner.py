@@ -23,10 +23,9 @@ reflection filters have real work to do:
   GRPO's group-relative reward is what selects reading over guessing (docs/benchmarks.md).
 
 With `restate_rate` that share of the responses starts its reasoning with the caption word for
-word, as R1-style models restate what they were given; a tiny model learns to read an image into
-the phrasing it was pretrained to caption with, and does not carry that across rephrasings
-(docs/benchmarks.md). A restated scene costs tokens: under a tight response budget the
-description can leave no room for the answer.
+word and then reasons as usual, as R1-style models restate what they were given. A restated
+scene costs 15-35 tokens: under the tiny recipes' 64-token budget it leaves no room for the
+answer (docs/benchmarks.md, "Sources that change per iteration").
 
 Normal responses are kept short (about 20-60 words) because the tiny model has to learn them.
 This module only knows the caption and question grammar of the synthetic generator; it does not
@@ -494,9 +493,7 @@ class ProgrammaticReasoner:
         answer = fam.solve(problem)
         steps, conclusion = fam.explain(problem, answer)
         if self._restate():
-            # the caption replaces the reasoning's own description of the scene (when it has one)
-            scene = fam.describe(problem)
-            steps = [caption] + [s for s in steps if s != scene[:1].upper() + scene[1:] + "."]
+            steps = [caption] + steps
         if reflect:
             steps = self._reflect(steps, fam.subject)
         if verbose:

@@ -233,6 +233,9 @@ class CycleConfig:
     """`ovlt prepare` recipe for iteration 1 (distillation) and, with prepare.mode=self_improve, later ones."""
     prepare_recipes: list[str] = field(default_factory=list)
     """Per-iteration prepare recipes instead (the last repeats), e.g. the paper's changing data mixes."""
+    prepare_overrides: list[list[str]] = field(default_factory=list)
+    """key=value overrides for iteration i's prepare stage, one list per iteration (the last repeats):
+    a change of data mix from one iteration to the next without a second recipe file."""
     sft_recipes: list[str] = field(default_factory=lambda: ["tiny/sft"])
     """SFT recipe per iteration (the last one repeats when the list is shorter than `iterations`)."""
     grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])
@@ -323,6 +326,9 @@ def validate(cfg: Config, command: str) -> None:
         c = cfg.cycle
         _check(c.iterations >= 1, "cycle.iterations", f"must be >= 1, got {c.iterations}")
         _check(bool(c.sft_recipes) and bool(c.grpo_recipes), "cycle.sft_recipes", "needs at least one SFT and one GRPO recipe")
+        for i, over in enumerate(c.prepare_overrides, 1):
+            bad = [o for o in over if "=" not in o]
+            _check(not bad, "cycle.prepare_overrides", f"iteration {i}: expected key=value, got {bad}")
     if command in ("grpo", "sft"):
         _check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":

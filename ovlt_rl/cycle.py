@@ -97,6 +97,41 @@ def _stage_cfg(command: str, recipe: str, overrides: list[str]) -> Config:
     return load_config(command, [f"recipe={recipe}", *overrides])
 
 
+def stage_configs(c, root: Path, i: int, prev_grpo_model: str | None) -> tuple[Config, Config, Config]:
+    """Iteration i's (prepare, sft, grpo) configs: each stage's recipe with the paths that chain the
+    stages and the cycle's overrides. Built for every iteration before the first stage runs, so a
+    bad recipe or override of iteration 2 fails in seconds, not after iteration 1's training."""
+    data_dir, sft_dir, grpo_dir = root / f"data-{i}", root / f"sft-{i}", root / f"grpo-{i}"
+    common = list(c.stage_overrides)
+    prep_over = [f"prepare.output_dir={data_dir}", *common]
+    if i > 1:
+        prep_over += ["prepare.mode=self_improve", f"prepare.self_improve.model_path={prev_grpo_model}"]
+    if c.prepare_overrides:
+        prep_over += _pick(c.prepare_overrides, i)
+    prep_recipe = _pick(c.prepare_recipes, i) if c.prepare_recipes else c.prepare_recipe
+    prep = _stage_cfg("prepare", prep_recipe, prep_over)
+    sft = _stage_cfg("sft", _pick(c.sft_recipes, i), [
+        f"model.path={c.base_model}",
+        f"data.train_files=[{data_dir / 'sft.parquet'}]",
+        f"data.val_files=[{data_dir / 'val.parquet'}]",
+        "data.prepare_recipe=''",
+        f"trainer.output_dir={sft_dir}",
+        "trainer.val_before_train=true" if i == 1 else "trainer.val_before_train=false",
+        *common,
+        *c.sft_overrides,
+    ])
+    grpo = _stage_cfg("grpo", _pick(c.grpo_recipes, i), [
+        f"model.path={sft_dir / 'hf'}",
+        f"data.train_files=[{data_dir / 'rl.parquet'}]",
+        f"data.val_files=[{data_dir / 'val.parquet'}]",
+        "data.prepare_recipe=''",
+        f"trainer.output_dir={grpo_dir}",
+        *common,
+        *c.grpo_overrides,
+    ])
+    return prep, sft, grpo
+
+
 def run_cycle(cfg: Config) -> Path:
     from data_prep.pipeline import run_prepare
     from ovlt_rl.controller import run_grpo, run_sft
@@ -106,31 +141,17 @@ def run_cycle(cfg: Config) -> Path:
     c = cfg.cycle
     cyc = Cycle(cfg)
     root = cyc.root
-    common = list(c.stage_overrides)
+    for i in range(1, c.iterations + 1):
+        stage_configs(c, root, i, str(root / f"grpo-{i - 1}" / "hf"))
     report: dict[str, Any] = {"base_val_accuracy": None, "stages": []}
     prev_grpo_model = None
     for i in range(1, c.iterations + 1):
-        data_dir = root / f"data-{i}"
-        prep_over = [f"prepare.output_dir={data_dir}", *common]
-        if i > 1:
-            prep_over += ["prepare.mode=self_improve", f"prepare.self_improve.model_path={prev_grpo_model}"]
-        prep_recipe = _pick(c.prepare_recipes, i) if c.prepare_recipes else c.prepare_recipe
-        prep_cfg = _stage_cfg("prepare", prep_recipe, prep_over)
+        data_dir, sft_dir, grpo_dir = root / f"data-{i}", root / f"sft-{i}", root / f"grpo-{i}"
+        prep_cfg, sft_cfg, grpo_cfg = stage_configs(c, root, i, prev_grpo_model)
         cyc.stage(f"data-{i}", "prepare", prep_cfg, run_prepare,
                   inputs={"model": prev_grpo_model or "programmatic"},
                   outputs={"sft": str(data_dir / "sft.parquet"), "rl": str(data_dir / "rl.parquet"), "val": str(data_dir / "val.parquet")})
 
-        sft_dir = root / f"sft-{i}"
-        sft_cfg = _stage_cfg("sft", _pick(c.sft_recipes, i), [
-            f"model.path={c.base_model}",
-            f"data.train_files=[{data_dir / 'sft.parquet'}]",
-            f"data.val_files=[{data_dir / 'val.parquet'}]",
-            "data.prepare_recipe=''",
-            f"trainer.output_dir={sft_dir}",
-            "trainer.val_before_train=true" if i == 1 else "trainer.val_before_train=false",
-            *common,
-            *c.sft_overrides,
-        ])
         cyc.stage(f"sft-{i}", "sft", sft_cfg, run_sft, inputs={"model": c.base_model, "data": str(data_dir / "sft.parquet")},
                   outputs={"model": str(sft_dir / "hf")})
         first, last = _last_val_accuracy(sft_dir / "metrics.jsonl")
@@ -138,16 +159,6 @@ def run_cycle(cfg: Config) -> Path:
             report["base_val_accuracy"] = first if sft_cfg.trainer.val_before_train else None
         report["stages"].append({"name": f"sft-{i}", "kind": "sft", "iteration": i, "val_accuracy": last, "output_dir": sft_dir.name})
 
-        grpo_dir = root / f"grpo-{i}"
-        grpo_cfg = _stage_cfg("grpo", _pick(c.grpo_recipes, i), [
-            f"model.path={sft_dir / 'hf'}",
-            f"data.train_files=[{data_dir / 'rl.parquet'}]",
-            f"data.val_files=[{data_dir / 'val.parquet'}]",
-            "data.prepare_recipe=''",
-            f"trainer.output_dir={grpo_dir}",
-            *common,
-            *c.grpo_overrides,
-        ])
         cyc.stage(f"grpo-{i}", "grpo", grpo_cfg, run_grpo, inputs={"model": str(sft_dir / "hf"), "data": str(data_dir / "rl.parquet")},
                   outputs={"model": str(grpo_dir / "hf")})
         _, last = _last_val_accuracy(grpo_dir / "metrics.jsonl")

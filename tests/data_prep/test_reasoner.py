@@ -137,14 +137,16 @@ def test_vague_caption_gets_guesses_of_the_right_kind():
         reasoner.answer("A bar chart.", "Which bar is blue?", "chart", k=1)
 
 
-def test_restated_caption_opens_the_reasoning_and_replaces_its_own_description():
+def test_restated_caption_opens_the_reasoning_which_then_goes_on_as_usual():
     plain = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0)
     restating = ProgrammaticReasoner(seed=0, wrong_rate=0.0, reflect_rate=0.0, verbose_rate=0.0, restate_rate=1.0)
-    s = synthetic.sample(0, seed=0, split="train", family="chart")
-    before, after = plain.answer(s.caption, s.question, "chart")[0], restating.answer(s.caption, s.question, "chart")[0]
-    assert after.startswith("<think>" + s.caption + " ") and not before.startswith("<think>" + s.caption)
-    assert "The bar chart has" in before and "The bar chart has" not in after  # no second description
-    assert before.endswith(f"<answer>{s.answer}</answer>") and after.endswith(f"<answer>{s.answer}</answer>")
+    for family in synthetic.FAMILIES:
+        s = synthetic.sample(0, seed=0, split="train", family=family)
+        before, after = plain.answer(s.caption, s.question, family)[0], restating.answer(s.caption, s.question, family)[0]
+        assert not before.startswith("<think>" + s.caption)
+        # the caption, then the whole plain reasoning: every family's response gets longer
+        assert after == before.replace("<think>", "<think>" + s.caption + " ", 1), family
+        assert after.endswith(f"<answer>{s.answer}</answer>")
 
 
 def test_restate_rate_restates_about_that_share_and_zero_keeps_the_stream():
