@@ -97,15 +97,15 @@ def _stage_cfg(command: str, recipe: str, overrides: list[str]) -> Config:
     return load_config(command, [f"recipe={recipe}", *overrides])
 
 
-def stage_configs(c, root: Path, i: int, prev_grpo_model: str | None) -> tuple[Config, Config, Config]:
+def stage_configs(c, root: Path, i: int) -> tuple[Config, Config, Config]:
     """Iteration i's (prepare, sft, grpo) configs: each stage's recipe with the paths that chain the
     stages and the cycle's overrides. Built for every iteration before the first stage runs, so a
     bad recipe or override of iteration 2 fails in seconds, not after iteration 1's training."""
     data_dir, sft_dir, grpo_dir = root / f"data-{i}", root / f"sft-{i}", root / f"grpo-{i}"
     common = list(c.stage_overrides)
     prep_over = [f"prepare.output_dir={data_dir}", *common]
-    if i > 1:
-        prep_over += ["prepare.mode=self_improve", f"prepare.self_improve.model_path={prev_grpo_model}"]
+    if i > 1:  # self-improvement from the previous iteration's GRPO model
+        prep_over += ["prepare.mode=self_improve", f"prepare.self_improve.model_path={root / f'grpo-{i - 1}' / 'hf'}"]
     if c.prepare_overrides:
         prep_over += _pick(c.prepare_overrides, i)
     prep_recipe = _pick(c.prepare_recipes, i) if c.prepare_recipes else c.prepare_recipe
@@ -141,13 +141,12 @@ def run_cycle(cfg: Config) -> Path:
     c = cfg.cycle
     cyc = Cycle(cfg)
     root = cyc.root
-    for i in range(1, c.iterations + 1):
-        stage_configs(c, root, i, str(root / f"grpo-{i - 1}" / "hf"))
+    configs = [stage_configs(c, root, i) for i in range(1, c.iterations + 1)]
     report: dict[str, Any] = {"base_val_accuracy": None, "stages": []}
     prev_grpo_model = None
     for i in range(1, c.iterations + 1):
         data_dir, sft_dir, grpo_dir = root / f"data-{i}", root / f"sft-{i}", root / f"grpo-{i}"
-        prep_cfg, sft_cfg, grpo_cfg = stage_configs(c, root, i, prev_grpo_model)
+        prep_cfg, sft_cfg, grpo_cfg = configs[i - 1]
         cyc.stage(f"data-{i}", "prepare", prep_cfg, run_prepare,
                   inputs={"model": prev_grpo_model or "programmatic"},
                   outputs={"sft": str(data_dir / "sft.parquet"), "rl": str(data_dir / "rl.parquet"), "val": str(data_dir / "val.parquet")})

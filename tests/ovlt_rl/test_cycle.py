@@ -14,7 +14,7 @@ def _cycle(tmp_path, *args):
 def test_prepare_overrides_apply_per_iteration_and_the_last_repeats(tmp_path):
     cfg = _cycle(tmp_path, "cycle.iterations=3", "cycle.prepare_overrides=[[prepare.mix.rl_total=7], [prepare.mix.rl_total=9]]",
                  "cycle.stage_overrides=[prepare.seed=5]")
-    got = [stage_configs(cfg.cycle, tmp_path, i, str(tmp_path / f"grpo-{i - 1}" / "hf")) for i in (1, 2, 3)]
+    got = [stage_configs(cfg.cycle, tmp_path, i) for i in (1, 2, 3)]
     assert [p.prepare.mix.rl_total for p, _, _ in got] == [7, 9, 9]
     assert [p.prepare.mode for p, _, _ in got] == ["distill", "self_improve", "self_improve"]
     assert got[2][0].prepare.self_improve.model_path == str(tmp_path / "grpo-2" / "hf")
@@ -26,7 +26,7 @@ def test_prepare_overrides_apply_per_iteration_and_the_last_repeats(tmp_path):
 
 def test_the_tiny_cycle_changes_its_rl_sources_between_iterations(tmp_path):
     cfg = _cycle(tmp_path)
-    first, second = (stage_configs(cfg.cycle, tmp_path, i, "m")[0].prepare.mix.rl for i in (1, 2))
+    first, second = (stage_configs(cfg.cycle, tmp_path, i)[0].prepare.mix.rl for i in (1, 2))
     assert {e.source for e in first} == {"synthetic/ruler", "synthetic/chart"}
     assert {e.source for e in second} == {"synthetic/count", "synthetic/compare"}
 
