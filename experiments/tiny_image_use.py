@@ -1,7 +1,7 @@
 """Does the tiny model learn to read the image, and after how many SFT steps?
 
-    python bench/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda
-    python bench/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda --freeze-vision --lr 3e-3
+    python experiments/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda
+    python experiments/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda --freeze-vision --lr 3e-3
 
 A diagnostic, not a throughput benchmark: it trains the tiny Qwen2.5-VL on the distilled SFT rows
 with a plain single-process loop (AdamW, warmup + cosine; deliberately not our engine, so that it
