@@ -12,7 +12,7 @@ text alone explains its predictions. At the end (and at `--gen-at` steps) it dec
 prompts near-greedily and grades them with the built-in reward, per task family.
 
 `--data` is a folder made by `ovlt prepare recipe=tiny` (sft.parquet, val.parquet). Results of
-the runs in docs/benchmarks.md came from this script (8 runs side by side on one H100).
+the runs in docs/notes/2026-11-22-tiny-image-use.md came from this script (8 runs side by side on one H100).
 """
 
 from __future__ import annotations
