@@ -31,7 +31,7 @@ def test_verl_style_function_loads_unchanged(tmp_path):
         """,
     )
     with reward.load(str(file), num_workers=1) as fn:  # ":compute_score" is the default
-        assert fn.style == "verl"
+        assert fn.shape == "verl"
         batch = fn.score_batch(
             ["the answer is 4", "the answer is 5", "4"],
             ["4", "4", "4"],
@@ -75,7 +75,7 @@ def test_easyr1_style_function_loads_unchanged(tmp_path):
         """,
     )
     with reward.load(f"{file}:compute_score", num_workers=1) as fn:
-        assert fn.style == "easyr1"
+        assert fn.shape == "easyr1"
         batch = fn.score_batch(["<think>a</think><answer>3</answer>", "<answer>3</answer>", "nope"], ["3", "3", "3"])
     assert batch.scores == [1.0, 0.5, 0.0]
     assert batch.parts == {"format": [1.0, 0.0, 0.0], "accuracy": [1.0, 1.0, 0.0]}
