@@ -41,19 +41,20 @@ def test_verl_style_function_loads_unchanged(tmp_path):
 
 
 def test_verl_function_with_dict_return_logs_parts(tmp_path):
+    # verl takes "score" from a dict and logs the other keys
     file = _write(
         tmp_path / "verl_dict.py",
         """
         def compute_score(data_source, solution_str, ground_truth, extra_info):
             acc = float(solution_str == ground_truth)
-            return {"overall": acc, "acc": acc, "length": len(solution_str)}
+            return {"score": acc, "acc": acc, "length": len(solution_str)}
         """,
     )
     with reward.load(f"{file}:compute_score", num_workers=1) as fn:
         batch = fn.score_batch(["7", "x"], ["7", "7"])
     assert batch.scores == [1.0, 0.0]
     assert batch.parts == {"acc": [1.0, 0.0], "length": [1.0, 1.0]}
-    assert batch.metrics()["reward/part/acc"] == 0.5
+    assert batch.metrics()["reward/acc"] == 0.5
 
 
 def test_easyr1_style_function_loads_unchanged(tmp_path):
