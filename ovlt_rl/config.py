@@ -209,6 +209,9 @@ class RewardConfig:
     Linux does not enforce it for root) (0: no limit)."""
     max_output_bytes: int = 65536
     """Bytes of the workers' stdout/stderr kept per batch and logged by the driver; the rest is dropped and counted."""
+    isolate_network: bool = False
+    """Give each reward worker a network namespace of its own with no interfaces (Linux: root, or
+    unprivileged user namespaces): no connections at all. Loading fails where the platform refuses."""
 
 
 @dataclass

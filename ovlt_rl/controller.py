@@ -246,7 +246,7 @@ def load_reward(cfg: Config):
     c = cfg.reward
     limits = reward.Limits(
         memory_mb=c.max_memory_mb, cpu_seconds=c.max_cpu_seconds, file_size_mb=c.max_file_size_mb,
-        processes=c.max_processes, output_bytes=c.max_output_bytes,
+        processes=c.max_processes, output_bytes=c.max_output_bytes, isolate_network=c.isolate_network,
     )
     return reward.load(c.fn, timeout=c.timeout, num_workers=c.num_workers, kwargs=dict(c.kwargs), limits=limits)
 

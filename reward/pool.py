@@ -79,7 +79,11 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 def _worker_main(conn, spec: Spec, kwargs: dict, limits: Limits, scratch: str, output, parent_pid: int) -> None:
     """Worker process: confine itself, load the function, then score chunks."""
-    sandbox.enter(limits, scratch, output.fileno())  # first: the import's prints are captured too
+    try:
+        sandbox.enter(limits, scratch, output.fileno())  # first: the import's prints are captured too
+    except OSError as exc:
+        conn.send(("load_error", f"reward.fn={spec.text!r}: could not confine the worker: {exc}"))
+        return
     output.close()  # fds 1 and 2 hold the pipe now
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent(parent_pid)

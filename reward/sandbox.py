@@ -11,7 +11,11 @@ Worker side (``enter``, run first in each worker process):
 - the working folder is the pool's scratch folder (also TMPDIR), removed when the pool closes;
 - resource limits (``Limits``): address space, file size and processes are set once and cannot
   be raised again by user code; CPU time is a per-call budget (``start_call``), because a
-  worker lives for the whole run.
+  worker lives for the whole run;
+- optionally (``isolate_network``) a new network namespace with no interfaces: no connection
+  leaves the worker, not even to 127.0.0.1. As root it takes CAP_SYS_ADMIN; other users get it
+  inside a new user namespace mapping their own uid and gid (so file access is unchanged),
+  which the kernel must allow (unprivileged user namespaces).
 What goes over a limit becomes an unscorable sample, counted by reason: MemoryError and a
 write over the file-size limit (EFBIG) are "exception"; the CPU limit kills the worker
 (SIGXCPU), which is "worker_crashed"; a fork over the process limit raises, "exception".
@@ -19,6 +23,7 @@ write over the file-size limit (EFBIG) are "exception"; the CPU limit kills the 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -42,19 +47,26 @@ class Limits:
     file_size_mb: int = 256  # largest file a worker may write (RLIMIT_FSIZE)
     processes: int = 64  # new processes and threads beyond the user's count at worker start (RLIMIT_NPROC)
     output_bytes: int = 65536  # stdout+stderr kept per batch (and at load); the rest is dropped and counted
+    isolate_network: bool = False  # a network namespace of its own, with no interfaces
 
     def __post_init__(self):
         for name in ("memory_mb", "cpu_seconds", "file_size_mb", "processes", "output_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"reward limit {name} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.isolate_network, bool):
+            raise ValueError(f"reward isolate_network must be true or false, got {self.isolate_network!r}")
 
 
 # ---------------------------------------------------------------------------------- worker side
 
 
 def enter(limits: Limits, scratch: str, output_fd: int) -> None:
-    """Confine this worker process (call first, before importing user code)."""
+    """Confine this worker process (call first, before importing user code or starting threads:
+    a new user namespace needs a single-threaded process). Raises OSError when the platform
+    refuses the network namespace."""
+    if limits.isolate_network:
+        _unshare_network()
     os.dup2(output_fd, 1)
     os.dup2(output_fd, 2)
     # Paths that meant the caller's folder keep meaning it after the move to the scratch folder.
@@ -70,6 +82,23 @@ def enter(limits: Limits, scratch: str, output_fd: int) -> None:
         _set(resource.RLIMIT_FSIZE, limits.file_size_mb * _MB)
     if limits.processes:
         _set(resource.RLIMIT_NPROC, user_task_count(os.getuid()) + limits.processes)
+
+
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _unshare_network() -> None:
+    uid, gid = os.getuid(), os.getgid()
+    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"reward.isolate_network: unshare(CLONE_NEWNET) failed: {os.strerror(code)}")
+    if flags & _CLONE_NEWUSER:  # keep being the same user inside the new user namespace
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
 
 
 def _set(which: int, value: int) -> None:

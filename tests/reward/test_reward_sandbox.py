@@ -1,10 +1,12 @@
 """Reward workers are confined: their output is captured, capped and counted; memory, CPU time,
 file size and process limits turn a runaway sample into a counted unscorable one, not a crash;
-they work in a scratch folder that is removed with the pool."""
+they work in a scratch folder that is removed with the pool; optionally, without a network."""
 
+import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -192,3 +194,31 @@ def test_bad_limits_are_rejected():
         Limits(memory_mb=-1)
     with pytest.raises(ValueError, match="cpu_seconds"):
         Limits(cpu_seconds=1.5)
+
+
+def test_isolate_network_leaves_workers_without_a_network(tmp_path):
+    file = tmp_path / "connects.py"
+    file.write_text(
+        textwrap.dedent(
+            """
+            import socket
+
+            def score(response, ground_truth, port):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                    return {"overall": 1.0}
+                except OSError as exc:
+                    return {"overall": 0.0, "errno": float(exc.errno or -1)}
+            """
+        )
+    )
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        with reward.load(f"{file}:score", num_workers=1, kwargs={"port": port}) as open_fn:
+            assert open_fn("a", "a") == 1.0  # without isolation the worker reaches the caller's port
+        with reward.load(f"{file}:score", num_workers=1, kwargs={"port": port}, limits=Limits(isolate_network=True)) as closed_fn:
+            batch = closed_fn.score_batch(["a"], ["a"])
+    assert batch.scores == [0.0]
+    assert batch.parts["errno"] == [float(errno.ENETUNREACH)]  # no interface at all, not even loopback
