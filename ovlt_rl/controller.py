@@ -239,18 +239,6 @@ def accuracy_by_source(sources: list[str], correct: list[float]) -> dict[str, fl
     return {f"val/accuracy/{source}": sum(cs) / len(cs) for source, cs in sorted(totals.items())}
 
 
-def load_reward(cfg: Config):
-    """The run's reward function (reward.load with the reward section's options and limits)."""
-    import reward
-
-    c = cfg.reward
-    limits = reward.Limits(
-        memory_mb=c.max_memory_mb, cpu_seconds=c.max_cpu_seconds, file_size_mb=c.max_file_size_mb,
-        processes=c.max_processes, output_bytes=c.max_output_bytes, isolate_network=c.isolate_network,
-    )
-    return reward.load(c.fn, timeout=c.timeout, num_workers=c.num_workers, kwargs=dict(c.kwargs), limits=limits)
-
-
 def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     """Generate on held-out prompts, grade with the evaluation grader, log a few generations."""
     import json
@@ -354,7 +342,7 @@ def run_grpo(cfg: Config) -> Path:
     minibatches = d.rollout_batch_size * r.n // a.global_batch_size
     sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
 
-    reward_fn = load_reward(cfg)
+    reward_fn = reward.load_from_config(cfg.reward)
     run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
     start_step, nonfinite_in_a_row = run.resume(sampler)
     tracker = run.tracker(total_steps, start_step, "grpo")
@@ -560,6 +548,7 @@ def _val_loss(run: Run, samples: list[dict]) -> float:
 
 
 def run_sft(cfg: Config) -> Path:
+    import reward
     from ovlt_rl.data.loader import EpochIterator
     from ovlt_rl.workers.sequences import sft_sample
 
@@ -575,7 +564,7 @@ def run_sft(cfg: Config) -> Path:
     # Validation accuracy needs generation: one rollout worker receives the weights at validation.
     with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
-    reward_fn = load_reward(cfg) if with_val else None
+    reward_fn = reward.load_from_config(cfg.reward) if with_val else None
     start_step, nonfinite_in_a_row = run.resume(sampler)
     tracker = run.tracker(total_steps, start_step, "sft")
     world = run.policy.world_size

@@ -52,13 +52,14 @@ Answer handling shared with evaluation: ``extract_answer``, ``normalize_answer``
 (reward/grading.py). From the shell: ``ovlt reward score fn=SPEC data=rows.jsonl``.
 """
 
-from reward.loader import RewardFn, load
+from reward.loader import RewardFn, load, load_from_config
 from reward.sandbox import Limits
 from reward.scores import BatchScores, UnscorableError, check_unscorable
 from reward.spec import RewardSpecError
 
 __all__ = [
     "load",
+    "load_from_config",
     "RewardFn",
     "Limits",
     "BatchScores",

@@ -111,6 +111,20 @@ def load(
     return RewardFn(spec, timeout=float(timeout), num_workers=num_workers, kwargs=dict(kwargs or {}), limits=limits or Limits())
 
 
+def load_from_config(section) -> RewardFn:
+    """``load`` with the fields of a reward config section (RewardConfig in ovlt_rl/config.py:
+    fn, timeout, num_workers, kwargs and the worker limits), as training and data preparation use it."""
+    limits = Limits(
+        memory_mb=section.max_memory_mb,
+        cpu_seconds=section.max_cpu_seconds,
+        file_size_mb=section.max_file_size_mb,
+        processes=section.max_processes,
+        output_bytes=section.max_output_bytes,
+        isolate_network=section.isolate_network,
+    )
+    return load(section.fn, timeout=section.timeout, num_workers=section.num_workers, kwargs=dict(section.kwargs), limits=limits)
+
+
 def _validated_items(responses, ground_truths, extras) -> list[tuple]:
     """(index, response, ground truth, data_source, extra_info, response_length) per sample;
     clear errors for bad input."""

@@ -81,8 +81,8 @@ def _worker_main(conn, spec: Spec, kwargs: dict, limits: Limits, scratch: str, o
     """Worker process: confine itself, load the function, then score chunks."""
     try:
         sandbox.enter(limits, scratch, output.fileno())  # first: the import's prints are captured too
-    except OSError as exc:
-        conn.send(("load_error", f"reward.fn={spec.text!r}: could not confine the worker: {exc}"))
+    except Exception as exc:
+        conn.send(("load_error", f"reward.fn={spec.text!r}: could not confine the worker: {_describe(exc)}"))
         return
     output.close()  # fds 1 and 2 hold the pipe now
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -113,7 +113,9 @@ def start_call(limits: Limits) -> None:
     if limits.cpu_seconds:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         used = math.ceil(usage.ru_utime + usage.ru_stime)
-        resource.setrlimit(resource.RLIMIT_CPU, (used + limits.cpu_seconds, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        soft = used + limits.cpu_seconds if hard == resource.RLIM_INFINITY else min(used + limits.cpu_seconds, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 def flush_output() -> None:

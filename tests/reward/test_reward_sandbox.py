@@ -4,6 +4,7 @@ they work in a scratch folder that is removed with the pool; optionally, without
 
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -64,6 +65,7 @@ def runaway_file(tmp_path_factory):
 
 
 def test_output_is_captured_capped_and_counted(runaway_file, capfd, caplog):
+    caplog.set_level(logging.INFO, logger="reward.pool")
     with reward.load(f"{runaway_file}:score", num_workers=2, limits=Limits(output_bytes=1000)) as fn:
         batch = fn.score_batch(["print", "a", "print", "print"], ["a"] * 4)
     assert batch.scores == [0.5, 1.0, 0.5, 0.5]
@@ -73,8 +75,8 @@ def test_output_is_captured_capped_and_counted(runaway_file, capfd, caplog):
     assert metrics["reward/output_dropped_bytes"] == batch.output_dropped_bytes
     printed = capfd.readouterr()
     assert len(printed.out) + len(printed.err) < 20_000  # none of the 4.5 MB reached the caller's console
-    kept = [r for r in caplog.records if "printed" in r.getMessage() and "while scoring" in r.getMessage()]
-    assert kept and len(kept[0].getMessage()) < 1500
+    kept = [r for r in caplog.records if r.levelname == "INFO" and "while scoring" in r.getMessage()]
+    assert len(kept) == 1 and "x" * 900 in kept[0].getMessage() and len(kept[0].getMessage()) < 1500
     dropped = [r for r in caplog.records if r.levelname == "WARNING" and "were dropped" in r.getMessage()]
     assert dropped and str(batch.output_dropped_bytes) in dropped[0].getMessage()
 
@@ -222,3 +224,16 @@ def test_isolate_network_leaves_workers_without_a_network(tmp_path):
             batch = closed_fn.score_batch(["a"], ["a"])
     assert batch.scores == [0.0]
     assert batch.parts["errno"] == [float(errno.ENETUNREACH)]  # no interface at all, not even loopback
+
+
+def test_output_while_loading_is_captured_too(tmp_path, capfd, caplog):
+    caplog.set_level(logging.INFO, logger="reward.pool")
+    file = tmp_path / "chatty_import.py"
+    file.write_text("print('loading my reward ' + 'z' * 300_000)\n\ndef score(response, ground_truth):\n    return 1.0\n")
+    with reward.load(f"{file}:score", num_workers=1, limits=Limits(output_bytes=100)) as fn:
+        assert fn("a", "a") == 1.0
+    printed = capfd.readouterr()
+    assert "zzzz" not in printed.out + printed.err
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("while loading" in m and "loading my reward" in m for m in messages)
+    assert any("were dropped" in m and "while loading" in m for m in messages)
