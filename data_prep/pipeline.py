@@ -415,7 +415,7 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     pool, val, test = load_pool(p, out_dir, manifest)
     manifest.step("pool", {"rows_in": len(pool), "rows_out": len(pool), "val": len(val), "test": len(test)})
 
-    with reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) as reward_fn:
+    with reward.load_from_config(cfg.reward) as reward_fn:
         manifest.data["models"]["reward"] = cfg.reward.fn
         # --- SFT candidates: generation, sharded and resumable
         limit = p.distill.limit if p.mode == "distill" else p.self_improve.limit

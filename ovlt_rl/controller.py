@@ -256,7 +256,11 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     per_sample = [p for p, grp in zip(prompts, groups) for _ in grp]  # each prompt once per generation (val_n)
     gts = [p["ground_truth"] for p in per_sample]
     correct = [grade(extract_answer(t), gt) for t, gt in zip(texts, gts)]
-    scores = reward_fn.score_batch(texts, gts, [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p in per_sample])
+    extras = [
+        {"data_source": p["data_source"], "extra_info": p["extra_info"], "response_length": len(g.token_ids)}
+        for p, grp in zip(prompts, groups) for g in grp
+    ]
+    scores = reward_fn.score_batch(texts, gts, extras)
     ok = [s for s in scores.scores if s is not None]
     metrics = {
         "val/accuracy": sum(correct) / max(1, len(correct)),
@@ -338,7 +342,7 @@ def run_grpo(cfg: Config) -> Path:
     minibatches = d.rollout_batch_size * r.n // a.global_batch_size
     sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
 
-    reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers)
+    reward_fn = reward.load_from_config(cfg.reward)
     run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
     start_step, nonfinite_in_a_row = run.resume(sampler)
     tracker = run.tracker(total_steps, start_step, "grpo")
@@ -367,7 +371,10 @@ def run_grpo(cfg: Config) -> Path:
                 t0 = time.perf_counter()
                 texts = [g.text for grp in batch_groups for g in grp]
                 gts = [p["ground_truth"] for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
-                extras = [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
+                extras = [
+                    {"data_source": p["data_source"], "extra_info": p["extra_info"], "response_length": len(g.token_ids)}
+                    for p, grp in zip(batch_prompts, batch_groups) for g in grp
+                ]
                 bs = reward_fn.score_batch(texts, gts, extras)
                 reward.check_unscorable(bs, cfg.reward.max_unscorable_fraction, reward_fn.name)
                 timing["timing/reward_s"] = timing.get("timing/reward_s", 0.0) + time.perf_counter() - t0
@@ -557,7 +564,7 @@ def run_sft(cfg: Config) -> Path:
     # Validation accuracy needs generation: one rollout worker receives the weights at validation.
     with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
-    reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) if with_val else None
+    reward_fn = reward.load_from_config(cfg.reward) if with_val else None
     start_step, nonfinite_in_a_row = run.resume(sampler)
     tracker = run.tracker(total_steps, start_step, "sft")
     world = run.policy.world_size
