@@ -56,7 +56,12 @@ class Run:
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.models.loading import load_processor, resolve_model_path
 
+        from ovlt_rl.models.paths import check_model_path
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
+        # (The reference model is a copy of model.path.)
+        check_model_path(cfg.model.path, "model.path")
         absolute_paths(cfg)
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.trainer.output_dir)
@@ -198,7 +203,7 @@ def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
 def absolute_paths(cfg: Config) -> None:
     """Make every path of the run absolute, so that Ray workers (whose working folder may differ,
     e.g. a job's copy of the repo) read and write the same places as the driver."""
-    from ovlt_rl.models.loading import BUILTIN_MODELS
+    from ovlt_rl.models.paths import BUILTIN_MODELS, cached_hub_model
 
     def fix(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
@@ -207,7 +212,7 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
     cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
     cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
-    if cfg.model.path not in BUILTIN_MODELS:
+    if cfg.model.path not in BUILTIN_MODELS and not cached_hub_model(cfg.model.path):
         cfg.model.path = fix(cfg.model.path)
 
 
