@@ -27,8 +27,9 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def tcp_store(host: str, port: int, world_size: int, *, is_master: bool, timeout: datetime.timedelta) -> dist.TCPStore:
-    """The server (is_master) listening on host:port only, or a client connecting to it."""
+def tcp_store(host: str, port: int, world_size: int | None, *, is_master: bool, timeout: datetime.timedelta) -> dist.TCPStore:
+    """The server (is_master) listening on host:port only, or a client connecting to it.
+    world_size: every member, server included (the server waits for them), or None: no fixed size."""
     if not is_master:
         return dist.TCPStore(host, port, world_size, False, timeout)
     sock = socket.socket(_family(host))

@@ -11,8 +11,6 @@ import pytest
 from ovlt_rl import loopback
 from ovlt_rl.cli import main
 from ovlt_rl.config import ConfigError
-from ovlt_rl.models.loading import resolve_model_path
-from ovlt_rl.models.paths import check_model_path
 
 
 @pytest.fixture
@@ -35,6 +33,9 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def test_accepted_models(tmp_path, hub_cache):
+    from ovlt_rl.models.loading import resolve_model_path
+    from ovlt_rl.models.paths import check_model_path
+
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -48,6 +49,8 @@ def test_accepted_models(tmp_path, hub_cache):
 
 @pytest.mark.parametrize("case", ["missing", "no_config", "file", "uncached_hub_id", "empty"])
 def test_refused_models_name_the_setting_in_one_line(tmp_path, hub_cache, case):
+    from ovlt_rl.models.paths import check_model_path
+
     value = {
         "missing": str(tmp_path / "does" / "not" / "exist"),
         "no_config": str(tmp_path),
