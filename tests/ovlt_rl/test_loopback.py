@@ -21,7 +21,7 @@ def test_local_run_sets_loopback_env(monkeypatch):
     monkeypatch.delenv("OVLT_ALLOW_NETWORK", raising=False)
     loopback.apply(["recipe=tiny"])
     assert os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
-    assert os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+    assert os.environ["GLOO_SOCKET_IFNAME"] == os.environ["NCCL_SOCKET_IFNAME"] == "lo"
     assert os.environ["https_proxy"].startswith("http://127.0.0.1:")
 
 
