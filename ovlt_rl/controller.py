@@ -55,7 +55,6 @@ class Run:
     def __init__(self, cfg: Config, kind: str):
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.models.loading import load_processor, resolve_model_path
-
         from ovlt_rl.models.paths import check_model_path
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
