@@ -53,8 +53,36 @@ def check_model_path(value: str, field: str) -> None:
         return
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    if _looks_like_hub_id(value):
+        raise ConfigError(
+            f"{field}={value!r}: no such local folder, and no Hugging Face Hub model of that id in the local cache "
+            f"({HF_HUB_CACHE}); runs do not download models: download it first (`hf download {value}`) or give a "
+            f"folder with config.json"
+        )
     raise ConfigError(
-        f"{field}={value!r}: no such folder ({p.resolve()}), and not a Hugging Face Hub model in the local cache "
-        f"({HF_HUB_CACHE}); runs do not download models: give a folder with config.json, tiny or tiny-pretrained, "
-        f"or download the Hub model first (`hf download ORG/NAME`)"
+        f"{field}={value!r}: no such folder ({p.resolve()}); give a Hugging Face model folder (with config.json), "
+        f"tiny, tiny-pretrained, or a Hub id already in the local cache (runs do not download models)"
     )
+
+
+def _looks_like_hub_id(value: str) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if value.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def check_command_models(cfg, command: str) -> None:
+    """The model settings `command` loads at its start (the CLI calls this before importing the
+    engine; the loops check again for callers that skip the CLI). Preparation's models are checked
+    when it starts (data_prep.config.check_prepare_models), a cycle's later stages' when they start."""
+    if command in ("sft", "grpo") or (command == "eval" and not cfg.eval.responses):
+        check_model_path(cfg.model.path, "model.path")
+    elif command == "cycle":
+        check_model_path(cfg.cycle.base_model, "cycle.base_model")
