@@ -52,12 +52,6 @@ class Items:
                 return None
         return self._items[i]
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.get(i)
-        if item is None:
-            raise ImageError(f"{self.dataset.source(i)}: its image failed to decode (skipped)")
-        return item
-
     def batch(self, indices: Sequence[int], within: int | None = None) -> tuple[list[dict[str, Any]], list[int]]:
         """(items, the indices used): every index that fails replaced as described above, by a row
         below `within` (default: any; SFT keeps its held-out rows out of training this way)."""
