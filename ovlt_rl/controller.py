@@ -55,8 +55,12 @@ class Run:
     def __init__(self, cfg: Config, kind: str):
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.models.loading import load_processor, resolve_model_path
+        from ovlt_rl.models.paths import check_model_path
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
+        # (The reference model is a copy of model.path.)
+        check_model_path(cfg.model.path, "model.path")
         absolute_paths(cfg)
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.trainer.output_dir)
@@ -109,7 +113,7 @@ class Run:
             ray.get(refs[1:])
         return time.perf_counter() - t0
 
-    def resume(self, sampler) -> tuple[int, int]:
+    def resume(self, sampler, train) -> tuple[int, int]:
         """Load the last committed checkpoint, if any: (step to continue after, non-finite streak)."""
         if not self.resume_from:
             return 0, 0
@@ -117,6 +121,9 @@ class Run:
         state = self.ckpt.driver_state(path)
         self.policy.call("load_checkpoint", str(path))
         sampler.load_state_dict(state["sampler"])
+        # Rows whose images failed to decode before the checkpoint keep counting against
+        # data.max_bad_fraction (checkpoints written before decode skips existed have none).
+        train.load_state_dict(state.get("decode_failures", []))
         if self.rollout is not None:
             self.sync_weights()
         log.info("resumed from %s (step %d)", path, step)
@@ -198,7 +205,7 @@ def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
 def absolute_paths(cfg: Config) -> None:
     """Make every path of the run absolute, so that Ray workers (whose working folder may differ,
     e.g. a job's copy of the repo) read and write the same places as the driver."""
-    from ovlt_rl.models.loading import BUILTIN_MODELS
+    from ovlt_rl.models.paths import BUILTIN_MODELS, cached_hub_model
 
     def fix(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
@@ -207,7 +214,7 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
     cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
     cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
-    if cfg.model.path not in BUILTIN_MODELS:
+    if cfg.model.path not in BUILTIN_MODELS and not cached_hub_model(cfg.model.path):
         cfg.model.path = fix(cfg.model.path)
 
 
@@ -247,7 +254,8 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
 
     cfg = run.cfg
     n = len(dataset) if not cfg.data.max_val_samples else min(len(dataset), cfg.data.max_val_samples)
-    prompts = [dataset[i] for i in range(n)]
+    prompts = dataset.present(range(n))  # rows whose images fail to decode are left out (counted)
+    n = len(prompts)
     t0 = time.perf_counter()
     groups: list[list[Generation]] = []
     for s in range(0, n, cfg.data.val_batch_size):
@@ -279,25 +287,9 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     return metrics
 
 
-class _Cached:
-    """A dataset whose encoded items are kept after their first use: items are deterministic
-    (no augmentation), and re-running the processor on every epoch dominated small-model steps."""
-
-    def __init__(self, dataset):
-        self.dataset, self._items = dataset, {}
-        self.skipped = dataset.skipped
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        if i not in self._items:
-            self._items[i] = self.dataset[i]
-        return self._items[i]
-
-
 def _open_datasets(cfg: Config, processor, *, sft: bool):
     from ovlt_rl.data.dataset import PromptDataset, SFTDataset
+    from ovlt_rl.data.items import Items
 
     d = cfg.data
     common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix, max_bad_fraction=d.max_bad_fraction)
@@ -309,7 +301,7 @@ def _open_datasets(cfg: Config, processor, *, sft: bool):
     for name, ds in (("train", train), ("val", val)):
         if ds is not None and sum(ds.skipped.values()):
             log.warning("%s data: skipped %s", name, dict(ds.skipped))
-    return _Cached(train), (_Cached(val) if val is not None else None)
+    return Items(train), (Items(val) if val is not None else None)
 
 
 def _total_steps(cfg: Config, n_rows: int, per_step: int) -> int:
@@ -344,7 +336,7 @@ def run_grpo(cfg: Config) -> Path:
 
     reward_fn = reward.load_from_config(cfg.reward)
     run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
-    start_step, nonfinite_in_a_row = run.resume(sampler)
+    start_step, nonfinite_in_a_row = run.resume(sampler, train)
     tracker = run.tracker(total_steps, start_step, "grpo")
     try:
         if start_step == 0 and val is not None and cfg.trainer.val_before_train:
@@ -362,9 +354,10 @@ def run_grpo(cfg: Config) -> Path:
             none_reasons: dict[str, int] = {}
             indices: list[int] = []
             for round_ in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
-                batch_idx = next(sampler)
+                # A row whose image fails to decode is replaced by the next one that decodes
+                # (ovlt_rl/data/items.py): the same on a resume, and the batch keeps its size.
+                batch_prompts, batch_idx = train.batch(next(sampler))
                 indices += batch_idx
-                batch_prompts = [train[i] for i in batch_idx]
                 t0 = time.perf_counter()
                 batch_groups = run.rollout.generate(batch_prompts, sampling_params(cfg, validation=False, seed=cfg.trainer.seed * 100003 + step * 97 + round_))
                 timing["timing/generate_s"] = timing.get("timing/generate_s", 0.0) + time.perf_counter() - t0
@@ -489,6 +482,7 @@ def run_grpo(cfg: Config) -> Path:
                 {
                     "reward/mean": float(torch.nanmean(rewards_t)),
                     "data/indices": indices,  # dataset rows of this step (checks that a resume keeps the order)
+                    "data/decode_errors": float(train.skipped["decode_error"]),  # rows skipped so far (run total)
                     "response_length/mean": sum(resp_lens) / len(resp_lens),
                     "response_length/clip_ratio": sum(g.finish_reason == "length" for grp in groups for g in grp) / len(resp_lens),
                     "throughput/tokens_per_s": n_tok / step_s,
@@ -502,7 +496,8 @@ def run_grpo(cfg: Config) -> Path:
             tracker.log(step, metrics, postfix_keys=("reward/mean", "val/accuracy", "response_length/mean", "throughput/tokens_per_s"))
             tracker.advance()
             if _is_step(step, cfg.trainer.save_every, total_steps):
-                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
+                                            "decode_failures": train.state_dict()})
 
         run.save_final_model(tracker)
     finally:
@@ -565,7 +560,7 @@ def run_sft(cfg: Config) -> Path:
     with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
     run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
     reward_fn = reward.load_from_config(cfg.reward) if with_val else None
-    start_step, nonfinite_in_a_row = run.resume(sampler)
+    start_step, nonfinite_in_a_row = run.resume(sampler, train)
     tracker = run.tracker(total_steps, start_step, "sft")
     world = run.policy.world_size
     try:
@@ -573,7 +568,8 @@ def run_sft(cfg: Config) -> Path:
             tracker.log(0, validate(run, val, 0, reward_fn))
         for step in range(start_step + 1, total_steps + 1):
             t0 = time.perf_counter()
-            samples = [sft_sample(train[i]) for i in next(sampler)]
+            items, used = train.batch(next(sampler), within=n_train)  # refilled where an image fails to decode
+            samples = [sft_sample(it) for it in items]
             mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
             mask[:, 0] = 0
             denom = float(max(1, int(mask.sum())))
@@ -589,18 +585,22 @@ def run_sft(cfg: Config) -> Path:
                 "sft/grad_norm": results[0]["sft/grad_norm"],
                 "sft/lr": results[0]["sft/lr"],
                 "sft/skipped_updates": float(skipped),
+                "data/indices": used,
+                "data/decode_errors": float(train.skipped["decode_error"]),
                 "throughput/tokens_per_s": sum(int(len(s["input_ids"])) for s in samples) / step_s,
                 "timing/step_s": step_s,
             }
-            if loss_rows and _is_step(step, cfg.trainer.val_every, total_steps):
-                metrics["val/loss"] = _val_loss(run, [sft_sample(train[i]) for i in loss_rows])
+            loss_items = train.present(loss_rows) if loss_rows and _is_step(step, cfg.trainer.val_every, total_steps) else []
+            if loss_items:
+                metrics["val/loss"] = _val_loss(run, [sft_sample(it) for it in loss_items])
             if with_val and _is_step(step, cfg.trainer.val_every, total_steps):
                 run.sync_weights()
                 metrics.update(validate(run, val, step, reward_fn))
             tracker.log(step, metrics, postfix_keys=("sft/loss", "val/accuracy", "throughput/tokens_per_s"))
             tracker.advance()
             if _is_step(step, cfg.trainer.save_every, total_steps):
-                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
+                                            "decode_failures": train.state_dict()})
         run.save_final_model(tracker)
     finally:
         tracker.close()
