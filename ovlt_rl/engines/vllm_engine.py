@@ -108,6 +108,7 @@ def vllm_sampling_kwargs(p: SamplingParams, forbidden: Iterable[int] = ()) -> di
         repetition_penalty=p.repetition_penalty,
         logprobs=0 if p.logprobs else None,  # 0: only the sampled token's log-prob
         skip_special_tokens=True,
+        include_stop_str_in_output=True,  # as the hf engine: a response keeps its stop string (e.g. "</answer>")
         logit_bias=bias or None,
     )
 
@@ -156,6 +157,7 @@ def engine_kwargs(cfg, model_path: str, cpu: bool, available: set[str]) -> dict[
         tensor_parallel_size=r.tensor_parallel_size,
         # The rollout actor already holds its GPUs; keep vLLM's workers in its own processes.
         distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
+        enforce_eager=r.vllm_enforce_eager,
         gpu_memory_utilization=r.gpu_memory_utilization,
         enable_prefix_caching=r.enable_prefix_caching,
         limit_mm_per_prompt={"image": r.limit_images_per_prompt},
