@@ -70,12 +70,23 @@ def unpack_bucket(blob: bytes) -> list[tuple[str, torch.Tensor]]:
 
 
 def load_into_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> str:
-    """Load HF-named CPU tensors into a vLLM worker's model; returns the path taken."""
+    """Load HF-named tensors into a vLLM worker's model; returns the path taken.
+
+    The model runner's `reload_weights` differs between releases (0.32: `weights_iterator`,
+    `weights_path`, `is_checkpoint_format`; some earlier ones `weights_iterator`,
+    `process_weights_after_loading`; older still no arguments), so its signature decides."""
     reload = getattr(worker.model_runner, "reload_weights", None)
-    if reload is not None and "weights_iterator" in inspect.signature(reload).parameters:
-        # The worker's wrapper sets vLLM's current config, which the layer re-processing reads.
-        target = worker.reload_weights if hasattr(worker, "reload_weights") else reload
-        target(weights_iterator=iter(weights), is_checkpoint_format=True)
+    params = inspect.signature(reload).parameters if reload is not None else {}
+    if "weights_iterator" in params:
+        from vllm.config import set_current_vllm_config
+
+        kwargs: dict = {"weights_iterator": iter(weights)}
+        if "is_checkpoint_format" in params:
+            kwargs["is_checkpoint_format"] = True  # HF names, unfused: vLLM maps and fuses them
+        # The layers' re-processing after loading reads vLLM's current config (the worker's own
+        # reload_weights sets it the same way in 0.32).
+        with set_current_vllm_config(worker.vllm_config):
+            reload(**kwargs)
         path = "reload_weights"
     else:
         model = worker.model_runner.model
