@@ -3,13 +3,13 @@
 One engine for the whole module, on the pretrained tiny model (peaked enough that greedy decoding
 has no near-ties) in fp32, checked against the transformers engine: images with n samples per
 prompt, sampled log-probs at two temperatures, top-k/top-p/stop strings, seeds with 192 sequences
-at once (more prompt tokens than one step: seeded requests crashed under chunked prefill on CPU), and a weight update (tied
-weights, fused layers split across buckets) followed by generation with the new weights. The
-weight-update test runs last: it leaves the engine on other weights.
+at once (more prompt tokens than one step: seeded requests crashed under chunked prefill on CPU),
+and a weight update (tied weights, fused layers split across buckets) followed by generation
+with the new weights. The weight-update test runs last: it leaves the engine on other weights.
 
 To keep start-up short on 2 cores, vLLM's engine runs inside the test process here
 (VLLM_ENABLE_V1_MULTIPROCESSING=0: two processes fewer that each import vLLM, ~30 s apiece); the
-GRPO test (test_vllm_grpo.py) runs it as in production, in its own process behind the rollout
+GRPO test (tests/ovlt_rl/test_grpo_vllm.py) runs it as in production, in its own process behind the rollout
 actor, so weight buckets cross a real process boundary there.
 """
 
