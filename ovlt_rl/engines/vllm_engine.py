@@ -29,7 +29,7 @@ defaults to "nobind" here, as vLLM's own binding reserves a core); sleep mode do
 
 Sleep mode (colocated rollout and policy on one GPU, `0 < rollout.gpus_per_worker < 1`): `sleep()`
 frees the KV cache and moves weights to CPU between generations; the engine wakes itself up
-before generating or loading weights. (GPU paths: not yet run, see vllm_weights.py.)
+before generating or loading weights. Sleep mode and the NCCL weight sync have not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -261,14 +261,15 @@ class VLLMEngine:
             else:
                 log.warning("vLLM engine: this vLLM has no %s; a stale cache may survive a weight update", name)
 
-    def init_weight_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the NCCL group of policy rank 0 (rank 0) and all vLLM workers; call while rank 0 joins."""
-        self.llm.collective_rpc("ovlt_init_sync_group", args=(master_address, master_port, rank_offset, world_size))
+    def init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int) -> list[int]:
+        """Join policy rank 0's NCCL sync group (ranks rank_offset.. for this engine's TP workers);
+        call while policy rank 0 joins. Returns the ranks taken."""
+        return self.llm.collective_rpc("ovlt_init_sync_group", args=(host, port, rank_offset, world_size))
 
-    def update_weights_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        """Receive the tensors named in `meta` from policy rank 0's `broadcast_weights` (same order)."""
+    def update_weights_from_nccl(self, dtype_name: str, bucket_bytes: int) -> int:
+        """Receive policy rank 0's `send_weights` broadcast (same dtype and bucket size), load it, reset caches."""
         self.wake_up(tags=["weights"])
-        n = self.llm.collective_rpc("ovlt_receive_weights", args=(meta,))[0]
+        n = self.llm.collective_rpc("ovlt_receive_weights", args=(dtype_name, bucket_bytes))[0]
         self.reset_caches()
         return n
 

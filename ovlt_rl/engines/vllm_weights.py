@@ -123,48 +123,48 @@ class OvltWorkerExtension:
         """Drop staged buckets (after a failed sync) so the next sync starts clean."""
         return len(self.__dict__.pop("_ovlt_staged", []))
 
-    def ovlt_init_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
+    def ovlt_init_sync_group(self, host: str, port: int, rank_offset: int, world_size: int) -> int:
+        """Join policy rank 0's NCCL sync group (ovlt_rl.workers.weight_sync) as rank
+        `rank_offset` + this worker's rank in vLLM's world (tensor-parallel workers each join)."""
         from vllm.distributed.parallel_state import get_world_group
 
+        from ovlt_rl.workers.weight_sync import init_sync_group
+
         rank = rank_offset + get_world_group().rank
-        self.ovlt_sync_group = stateless_nccl_group(master_address, master_port, rank, world_size, self.device)
+        self.ovlt_sync_group = init_sync_group(host, port, rank, world_size, self.device)
+        return rank
 
-    def ovlt_receive_weights(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        """Receive the tensors of `meta` by NCCL broadcast from policy rank 0, then load them at once.
+    def ovlt_receive_weights(self, dtype_name: str, bucket_bytes: int) -> int:
+        """Receive policy rank 0's `weight_sync.send_weights` broadcast and load it at once.
 
-        Written against vLLM's RL examples; not yet run on a GPU (see vllm_engine's docstring)."""
-        weights = []
-        for name, dtype, shape in meta:
-            buf = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            self.ovlt_sync_group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-            weights.append((name, buf))
-        load_into_worker(self, weights)
-        return len(meta)
+        Both sides walk the HF model's state dict in the same order and cut the same buckets
+        (`plan_buckets`), so only the flat buffers travel. The HF names and shapes come from the
+        model folder's config on the meta device (no memory). The received tensors are staged on
+        this GPU (one more copy of the weights) until the single `reload_weights`."""
+        from ovlt_rl.workers.weight_sync import _broadcast, _split, plan_buckets
+
+        specs = self.__dict__.get("_ovlt_specs")
+        if specs is None:
+            specs = self._ovlt_specs = hf_weight_specs(self.vllm_config.model_config.model)
+        dtype = getattr(torch, dtype_name)
+        staged = []
+        for bucket in plan_buckets(specs, torch.tensor([], dtype=dtype).element_size(), bucket_bytes):
+            shapes = [torch.empty(specs[i][1], device="meta") for i in bucket]
+            flat = torch.empty(sum(t.numel() for t in shapes), dtype=dtype, device=self.device)
+            _broadcast(self.ovlt_sync_group, flat)
+            staged += [(specs[i][0], piece) for i, piece in zip(bucket, _split(flat, shapes))]
+        load_into_worker(self, staged)
+        return len(staged)
 
     def ovlt_weights_checksum(self) -> float:
         return float(sum(p.float().sum().item() for p in self.model_runner.model.parameters()))
 
 
-def stateless_nccl_group(master_address: str, master_port: int, rank: int, world_size: int, device):
-    """An NCCL communicator outside torch.distributed's global group (vLLM's StatelessProcessGroup)."""
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
+def hf_weight_specs(model_path: str) -> list[tuple[str, torch.Size]]:
+    """(name, shape) of the HF Qwen2.5-VL model's state dict, in its order: what the policy's
+    `send_weights` walks (the same class, built on the meta device)."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
-    pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-    return PyNcclCommunicator(pg, device=device)
-
-
-def trainer_weight_sync_group(master_address: str, master_port: int, world_size: int, device):
-    """Policy rank 0's side of the NCCL weight-sync group (rank 0; vLLM workers are 1..world_size-1)."""
-    return stateless_nccl_group(master_address, master_port, 0, world_size, device)
-
-
-def broadcast_weights(group, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Send each tensor (on policy rank 0's GPU) to the vLLM workers, in `weight_meta` order."""
-    for _, t in tensors:
-        group.broadcast(t, src=0, stream=torch.cuda.current_stream())
-
-
-def weight_meta(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, list[int]]]:
-    """(name, dtype, shape) of each tensor: what the receiving side allocates."""
-    return [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in tensors]
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_path))
+    return [(n, t.shape) for n, t in model.state_dict().items()]

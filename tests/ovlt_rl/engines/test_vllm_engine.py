@@ -135,10 +135,21 @@ def test_buckets_keep_order_and_bound_size():
     assert list(vw.buckets([], max_bytes=80)) == []
 
 
-def test_weight_meta():
-    meta = vw.weight_meta([("a", torch.zeros(2, 3, dtype=torch.bfloat16)), ("b", torch.zeros(4))])
-    assert meta == [("a", "bfloat16", [2, 3]), ("b", "float32", [4])]
-    assert all(getattr(torch, d) in (torch.bfloat16, torch.float32) for _, d, _ in meta)
+def test_hf_weight_specs_are_the_policy_models_state_dict(tiny_model_dir, tiny_model):
+    # The NCCL receiver cuts buckets from these; they must be the sender's names, shapes and order.
+    specs = vw.hf_weight_specs(str(tiny_model_dir))
+    assert specs == [(n, t.shape) for n, t in tiny_model.state_dict().items()]
+    assert "lm_head.weight" in dict(specs)
+
+
+def test_sync_ranks_give_each_vllm_tp_worker_a_rank():
+    from ovlt_rl.config import Config
+    from ovlt_rl.controller import sync_ranks
+
+    cfg = Config()
+    assert sync_ranks(cfg, 2) == ([1, 2], 3)  # hf: one rank per rollout worker
+    cfg.rollout.engine, cfg.rollout.tensor_parallel_size = "vllm", 2
+    assert sync_ranks(cfg, 2) == ([1, 3], 5)
 
 
 def test_pack_bucket_round_trips_and_copies_tied_weights():

@@ -203,3 +203,44 @@ def test_weight_update_then_generation_follows_the_new_weights(engine, items, mo
     assert tokens(after) != tokens(before)
     responses = tokens(ref)
     assert _max_diff(engine.compute_logprobs(items, responses), ref_engine.compute_logprobs(items, responses)) < TOL
+
+
+class _LoopbackGroup:
+    """The one fake: NCCL cannot run here. Each broadcast() receives the next flat bucket that
+    policy rank 0's `weight_sync.send_weights` would broadcast."""
+
+    def __init__(self, flats: list[torch.Tensor]):
+        self.flats = list(flats)
+
+    def broadcast(self, tensors, opts):
+        src = self.flats.pop(0)
+        assert tensors[0].shape == src.shape and tensors[0].dtype == src.dtype
+        tensors[0].copy_(src)
+        return type("Done", (), {"wait": lambda self: None})()
+
+
+def _set_sync_group(wrapper, group):
+    getattr(wrapper, "worker", wrapper).ovlt_sync_group = group  # collective_rpc passes vLLM's worker wrapper
+
+
+def test_nccl_receive_path_loads_the_policys_buckets(engine, items, model_path):
+    """The vLLM side of the NCCL sync (buckets cut as the policy's send_weights cuts them), over a
+    loopback group in the engine's own process (this module runs vLLM in-process)."""
+    from ovlt_rl.engines.hf import HFEngine
+    from ovlt_rl.models.loading import load_model
+    from ovlt_rl.workers.weight_sync import plan_buckets
+
+    state = _perturbed(load_model(model_path, dtype=torch.float32).state_dict(), seed=1)
+    names = list(state)
+    bucket_bytes = 64 << 10
+    flats = [torch.cat([state[names[i]].reshape(-1) for i in b])
+             for b in plan_buckets([(n, state[n].shape) for n in names], 4, bucket_bytes)]
+    assert len(flats) > 5
+    engine.llm.collective_rpc(_set_sync_group, args=(_LoopbackGroup(flats),))
+    assert engine.update_weights_from_nccl("float32", bucket_bytes) == len(state)
+
+    ref_engine = HFEngine(model_path, device="cpu", dtype=torch.float32, fast_decode="off")
+    ref_engine.load_state_dict(state)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=24)
+    tokens = lambda groups: [g[0].token_ids for g in groups]  # noqa: E731
+    assert tokens(engine.generate(items, greedy)) == tokens(ref_engine.generate(items, greedy))
