@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.vllm
 
@@ -29,7 +30,9 @@ def test_tiny_grpo_with_vllm_rollouts(tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if m["step"] > 0]
     assert [m["step"] for m in steps] == [1, 2, 3]
+    # The synced weights give the same log-probs up to float rounding: fp32 on CPU (measured < 1e-6);
+    # on a GPU the policy and vLLM compute in bf16 with different kernels (measured 2.1e-3 on an H100).
+    bound = 1e-2 if torch.cuda.is_available() else 1e-3
     for m in steps:
-        # fp32 on both sides: the synced weights give the same log-probs up to float rounding
-        assert m["sync/logprob_mae"] < 1e-3, m
+        assert m["sync/logprob_mae"] < bound, m
     assert (out / "hf" / "model.safetensors").exists()

