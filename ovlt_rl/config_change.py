@@ -94,7 +94,15 @@ def check_resume_config(saved_yaml: Path, cfg: Any) -> list[str]:
 
     if not saved_yaml.is_file():
         raise ConfigChangeRefused(f"{saved_yaml} is missing: the checkpoint's config can't be compared with this one")
-    saved = OmegaConf.to_container(OmegaConf.load(saved_yaml))  # OmegaConf's YAML loader is yaml's safe loader
+    import yaml
+
+    try:  # OmegaConf's YAML loader is yaml's SafeLoader: no python tags, nothing constructed but plain data
+        saved = OmegaConf.to_container(OmegaConf.load(saved_yaml))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ConfigChangeRefused(f"{saved_yaml}: unreadable ({type(e).__name__}), so this resume can't be checked; "
+                                  "move that checkpoint away to resume from an earlier one") from None
+    if not isinstance(saved, dict):
+        raise ConfigChangeRefused(f"{saved_yaml}: not a config (a {type(saved).__name__})")
     new = OmegaConf.to_container(OmegaConf.structured(cfg))
     harmless, meaning, one_side = config_changes(saved, new)
     for line in harmless:
