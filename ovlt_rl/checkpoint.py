@@ -108,6 +108,10 @@ class CheckpointManager:
         if data.get("format") != FORMAT or old:
             return False, (f"written in the older pickle format ({', '.join(old) or 'manifest without format'}), "
                            "which is never loaded: resume it with the ovlt version that wrote it, or start afresh")
+        unlisted = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()
+                          and p.name != "manifest.json" and str(p.relative_to(path)) not in files)
+        if unlisted:  # the loaders read every shard file in the folder: only the manifest's may be there
+            return False, f"files not in manifest.json: {', '.join(unlisted)}"
         for name, entry in files.items():
             f = path / name
             if not f.is_file():

@@ -54,9 +54,8 @@ class Run:
 
     def __init__(self, cfg: Config, kind: str):
         from ovlt_rl.checkpoint import CheckpointManager
-        from ovlt_rl.models.loading import load_processor, resolve_model_path
-
         from ovlt_rl.config_change import check_resume_config
+        from ovlt_rl.models.loading import load_processor, resolve_model_path
         from ovlt_rl.run_lock import OutputLock
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,7 +66,9 @@ class Run:
         self.lock = OutputLock(self.out).acquire()
         try:
             self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+            t0 = time.perf_counter()
             newest = self.ckpt.latest()  # raises if checkpoints exist but none is valid
+            self.verify_s = time.perf_counter() - t0  # the sha256 checks (a 7B checkpoint: seconds to a minute)
             if newest is not None:  # before any work: a resume under a changed meaning stops here
                 check_resume_config(newest[1] / "config.yaml", cfg)
             self.model_path = resolve_model_path(cfg.model.path)
@@ -130,13 +131,16 @@ class Run:
             sampler.load_state_dict(state["sampler"])
             loaded.update(state)
 
+        t0 = time.perf_counter()
         found = self.ckpt.resume(load)  # raises if checkpoints exist but none can be resumed
+        load_s = time.perf_counter() - t0
         write_config(self.out, self.cfg)
         if found is None:
             return 0, 0
         step, path = found
         if self.rollout is not None:
             self.sync_weights()
+        log.info("resume: checksums verified in %.2f s, state loaded in %.2f s", self.verify_s, load_s)
         log.info("resumed from %s (step %d)", path, step)
         return step, loaded["nonfinite_in_a_row"]
 

@@ -134,3 +134,12 @@ def test_a_checkpoint_of_the_pickle_format_is_refused_not_loaded(tmp_path):
     with pytest.raises(CheckpointError, match="older pickle format"):
         m.resume(loads.append)
     assert loads == []
+
+
+def test_a_file_the_manifest_does_not_list_makes_the_checkpoint_invalid(tmp_path):
+    m = CheckpointManager(tmp_path / "ck", keep=3)
+    m.save(1, _writer(b"good"), {"step": 1})
+    p2 = m.save(2, _writer(b"newer"), {"step": 2})
+    (p2 / "extra.safetensors").write_bytes(b"planted")  # the shard loader would read it too
+    assert CheckpointManager(tmp_path / "ck").latest()[0] == 1
+    assert CheckpointManager.is_valid(p2) == (False, "files not in manifest.json: extra.safetensors")
