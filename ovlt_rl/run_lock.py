@@ -6,7 +6,8 @@ lock (`fcntl.flock`) on `<output_dir>/.lock` for its whole life. The OS drops th
 process ends however it ends (a crash or SIGKILL included), so a stale lock never blocks the next
 run; the pid written into the file only names the holder in the error message.
 
-flock works on local file systems; on NFS, Linux carries it over as a POSIX lock (NFSv4 locking).
+flock works on local file systems; on NFS, Linux carries it over as a POSIX lock (NFSv4 locking);
+Lustre needs the `flock` mount option. A file system without locks is an error, not a silent skip.
 """
 
 from __future__ import annotations
@@ -39,6 +40,13 @@ class OutputLock:
             raise OutputFolderInUse(
                 f"output folder {self.path.parent} is in use by pid {holder} (it holds {self.path}); "
                 "wait for that run to end or choose another trainer.output_dir"
+            ) from None
+        except OSError as e:  # ENOSYS, ENOLCK, EOPNOTSUPP: a file system without locks
+            os.close(fd)
+            raise OSError(
+                e.errno, f"can't lock {self.path}: its file system does not support file locks ({e.strerror}); "
+                "ovlt needs them to keep two runs out of one output folder. Mount it with locking "
+                "(Lustre: -o flock; NFS: v4 or lockd) or use another trainer.output_dir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -54,3 +54,15 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
             OutputLock(tmp_path).acquire()
     with OutputLock(tmp_path) as again:  # released on exit
         assert again.held
+
+
+def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # what Lustre without -o flock answers
+    with pytest.raises(OSError, match="does not support file locks.*Lustre: -o flock"):
+        OutputLock(tmp_path).acquire()
