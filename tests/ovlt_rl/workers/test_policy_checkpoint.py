@@ -135,3 +135,19 @@ def test_a_resume_with_another_world_size_is_refused_with_the_reason(worker, tmp
             worker.load_checkpoint(str(path))
     finally:
         worker.world = 1
+
+
+def test_a_rank_state_split_over_several_files_round_trips(worker, tmp_path):
+    from ovlt_rl.workers.sharded_state import load_state, save_state
+
+    _step(worker)
+    save_state(str(tmp_path), worker.policy, worker.optimizer, 0, 1, {}, file_bytes=4 << 20)
+    files = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+    assert len(files) >= 4 and files[0] == f"shard-00001-model-00001-of-{len(files):05d}.safetensors"
+    assert all(p.stat().st_size < 8 << 20 for p in tmp_path.glob("*.safetensors"))
+    saved = _snapshot(worker)
+    _step(worker)
+    load_state(str(tmp_path), worker.policy, worker.optimizer, 1)
+    params, moments, _, _ = _snapshot(worker)
+    assert all(torch.equal(params[k], saved[0][k]) for k in params)
+    assert all(torch.equal(moments[i][k], saved[1][i][k]) for i in moments for k in moments[i])
