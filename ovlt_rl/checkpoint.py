@@ -104,11 +104,17 @@ class CheckpointManager:
         try:
             data = json.loads(manifest.read_text())
             files = data["files"]
-        except (ValueError, KeyError, UnicodeDecodeError) as e:
+            if not isinstance(files, dict):
+                raise ValueError("files is not a mapping")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
             return False, f"unreadable manifest.json ({e})"
-        if data.get("format") != FORMAT or old:
+        if not isinstance(data, dict) or data.get("format") != FORMAT or old:
             return False, (f"written in the older pickle format ({', '.join(old) or 'manifest without format'}), "
                            "which is never loaded: resume it with the ovlt version that wrote it, or start afresh")
+        for name, entry in files.items():
+            if (Path(name).is_absolute() or ".." in Path(name).parts or not isinstance(entry, dict)
+                    or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str)):
+                return False, f"unreadable manifest.json (bad entry {name!r})"
         unlisted = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()
                           and p.name != "manifest.json" and str(p.relative_to(path)) not in files)
         if unlisted:  # the loaders read every shard file in the folder: only the manifest's may be there

@@ -143,3 +143,22 @@ def test_a_file_the_manifest_does_not_list_makes_the_checkpoint_invalid(tmp_path
     (p2 / "extra.safetensors").write_bytes(b"planted")  # the shard loader would read it too
     assert CheckpointManager(tmp_path / "ck").latest()[0] == 1
     assert CheckpointManager.is_valid(p2) == (False, "files not in manifest.json: extra.safetensors")
+
+
+@pytest.mark.parametrize("entry", [{"size": 4}, 4, {"size": "4", "sha256": "x"}], ids=["no-sha256", "size-only", "bad-type"])
+def test_a_malformed_manifest_entry_is_named_not_a_crash(tmp_path, entry):
+    m = CheckpointManager(tmp_path / "ck")
+    p = m.save(1, _writer(b"good"), {"step": 1})
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["files"]["shard.bin"] = entry
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    assert CheckpointManager.is_valid(p) == (False, "unreadable manifest.json (bad entry 'shard.bin')")
+
+
+def test_a_manifest_naming_files_outside_the_checkpoint_is_invalid(tmp_path):
+    m = CheckpointManager(tmp_path / "ck")
+    p = m.save(1, _writer(b"good"), {"step": 1})
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["files"]["../../secret"] = {"size": 1, "sha256": "0" * 64}
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    assert CheckpointManager.is_valid(p) == (False, "unreadable manifest.json (bad entry '../../secret')")
