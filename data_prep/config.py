@@ -272,3 +272,22 @@ def validate_prepare(p: PrepareConfig) -> None:
     for i, s in enumerate(p.sources):
         check(bool(s.name) and bool(s.path), f"sources[{i}]", "needs a name and a path")
         check(s.form in ("", "native", "llava"), f"sources[{i}].form", f"unknown {s.form!r}; expected native or llava")
+
+
+def check_prepare_models(p: PrepareConfig) -> None:
+    """The model settings this preparation will load name models this machine has (a folder with
+    config.json, tiny/tiny-pretrained or a cached Hub id; ovlt_rl/models/paths.py). Run when the
+    preparation starts, not in `validate_prepare`: a cycle builds iteration 2's config (whose
+    sampler is iteration 1's GRPO model) before that model exists."""
+    from ovlt_rl.models.paths import check_model_path  # here: ovlt_rl.config imports this module
+
+    d = p.distill
+    if p.mode == "distill":
+        if d.captioner == "engine":
+            check_model_path(d.captioner_model, "prepare.distill.captioner_model")
+        if d.reasoner == "engine":
+            check_model_path(d.reasoner_model, "prepare.distill.reasoner_model")
+    else:
+        check_model_path(p.self_improve.model_path, "prepare.self_improve.model_path")
+    if p.difficulty.enabled:
+        check_model_path(p.difficulty.model_path, "prepare.difficulty.model_path")

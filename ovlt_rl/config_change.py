@@ -49,8 +49,11 @@ HARMLESS_ON_RESUME: tuple[str, ...] = (
     "rollout.hf_fast_decode",
     "rollout.hf_decode_compile",
     "rollout.check_logprob_sync",
+    "rollout.vllm_enforce_eager",
+    "rollout.cpu_kv_cache_gib",
     "data.val_batch_size",
     "reward.num_workers",
+    "reward.max_output_bytes",  # how much of reward code's output reaches the log
     # sections that `ovlt sft` and `ovlt grpo` don't read
     "prepare",
     "eval",

@@ -35,18 +35,28 @@ log = logging.getLogger("ovlt")
 
 
 def weight_sync_mode(cfg: Config, policy_device: str) -> str:
-    """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync)."""
+    """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync).
+
+    nccl with the vLLM engine only when asked for (rollout.weight_sync=nccl): its receiving side
+    (ovlt_rl/engines/vllm_weights.py) has not run on GPUs yet, so "auto" keeps the object store."""
     r = cfg.rollout
-    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine == "hf"
+    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine in ("hf", "vllm")
     # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
     # (fractional gpus_per_worker) go through the object store.
     whole_gpus = r.gpus_per_worker >= 1 and cfg.actor.gpus_per_worker >= 1
     if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
-        raise ValueError("rollout.weight_sync=nccl needs the policy and the hf rollout engine on GPUs of their own "
+        raise ValueError("rollout.weight_sync=nccl needs the policy and the rollout engine (hf or vllm) on GPUs of their own "
                          "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
     if r.weight_sync == "auto":
-        return "nccl" if on_gpu and whole_gpus else "object_store"
+        return "nccl" if on_gpu and whole_gpus and r.engine == "hf" else "object_store"
     return r.weight_sync
+
+
+def sync_ranks(cfg: Config, n_rollout_workers: int) -> tuple[list[int], int]:
+    """NCCL weight-sync ranks: each rollout worker's first rank and the world size. Policy rank 0
+    is rank 0; an hf worker takes one rank, a vLLM worker one per tensor-parallel worker."""
+    per = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    return [1 + i * per for i in range(n_rollout_workers)], 1 + n_rollout_workers * per
 
 
 class Run:
@@ -56,9 +66,13 @@ class Run:
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.config_change import check_resume_config
         from ovlt_rl.models.loading import load_processor, resolve_model_path
+        from ovlt_rl.models.paths import check_model_path
         from ovlt_rl.run_lock import OutputLock
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
+        # (The reference model is a copy of model.path.)
+        check_model_path(cfg.model.path, "model.path")
         absolute_paths(cfg)
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.trainer.output_dir)
@@ -94,9 +108,9 @@ class Run:
             import ray
 
             host, port = self.policy.free_port()
-            world = 1 + len(self.rollout.workers)
+            first, world = sync_ranks(cfg, len(self.rollout.workers))
             ray.get([self.policy.workers[0].init_weight_sync.remote(host, port, world)]
-                    + [w.init_weight_sync.remote(host, port, 1 + i, world) for i, w in enumerate(self.rollout.workers)]
+                    + [w.init_weight_sync.remote(host, port, first[i], world) for i, w in enumerate(self.rollout.workers)]
                     + [w.init_weight_sync.remote(host, port, world) for w in self.policy.workers[1:]])
         if with_rollout:
             log.info("weight sync: %s", self.sync_mode)
@@ -119,7 +133,7 @@ class Run:
             ray.get(refs[1:])
         return time.perf_counter() - t0
 
-    def resume(self, sampler) -> tuple[int, int]:
+    def resume(self, sampler, train) -> tuple[int, int]:
         """Load the newest checkpoint that verifies and loads (falling back to the one before it,
         with a warning, when it doesn't), if any: (step to continue after, non-finite streak).
         Then the run really starts: config.yaml is written."""
@@ -129,6 +143,9 @@ class Run:
             state = self.ckpt.driver_state(path)
             self.policy.call("load_checkpoint", str(path))
             sampler.load_state_dict(state["sampler"])
+            # Rows whose images failed to decode before the checkpoint keep counting against
+            # data.max_bad_fraction (checkpoints written before decode skips existed have none).
+            train.load_state_dict(state.get("decode_failures", []))
             loaded.update(state)
 
         t0 = time.perf_counter()
@@ -240,7 +257,7 @@ def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
 def absolute_paths(cfg: Config) -> None:
     """Make every path of the run absolute, so that Ray workers (whose working folder may differ,
     e.g. a job's copy of the repo) read and write the same places as the driver."""
-    from ovlt_rl.models.loading import BUILTIN_MODELS
+    from ovlt_rl.models.paths import BUILTIN_MODELS, cached_hub_model
 
     def fix(p: str) -> str:
         return str(Path(p).expanduser().resolve()) if p else p
@@ -249,7 +266,7 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
     cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
     cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
-    if cfg.model.path not in BUILTIN_MODELS:
+    if cfg.model.path not in BUILTIN_MODELS and not cached_hub_model(cfg.model.path):
         cfg.model.path = fix(cfg.model.path)
 
 
@@ -289,7 +306,8 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
 
     cfg = run.cfg
     n = len(dataset) if not cfg.data.max_val_samples else min(len(dataset), cfg.data.max_val_samples)
-    prompts = [dataset[i] for i in range(n)]
+    prompts = dataset.present(range(n))  # rows whose images fail to decode are left out (counted)
+    n = len(prompts)
     t0 = time.perf_counter()
     groups: list[list[Generation]] = []
     for s in range(0, n, cfg.data.val_batch_size):
@@ -298,7 +316,11 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     per_sample = [p for p, grp in zip(prompts, groups) for _ in grp]  # each prompt once per generation (val_n)
     gts = [p["ground_truth"] for p in per_sample]
     correct = [grade(extract_answer(t), gt) for t, gt in zip(texts, gts)]
-    scores = reward_fn.score_batch(texts, gts, [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p in per_sample])
+    extras = [
+        {"data_source": p["data_source"], "extra_info": p["extra_info"], "response_length": len(g.token_ids)}
+        for p, grp in zip(prompts, groups) for g in grp
+    ]
+    scores = reward_fn.score_batch(texts, gts, extras)
     ok = [s for s in scores.scores if s is not None]
     metrics = {
         "val/accuracy": sum(correct) / max(1, len(correct)),
@@ -317,25 +339,9 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
     return metrics
 
 
-class _Cached:
-    """A dataset whose encoded items are kept after their first use: items are deterministic
-    (no augmentation), and re-running the processor on every epoch dominated small-model steps."""
-
-    def __init__(self, dataset):
-        self.dataset, self._items = dataset, {}
-        self.skipped = dataset.skipped
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        if i not in self._items:
-            self._items[i] = self.dataset[i]
-        return self._items[i]
-
-
 def _open_datasets(cfg: Config, processor, *, sft: bool):
     from ovlt_rl.data.dataset import PromptDataset, SFTDataset
+    from ovlt_rl.data.items import Items
 
     d = cfg.data
     common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix, max_bad_fraction=d.max_bad_fraction)
@@ -347,7 +353,7 @@ def _open_datasets(cfg: Config, processor, *, sft: bool):
     for name, ds in (("train", train), ("val", val)):
         if ds is not None and sum(ds.skipped.values()):
             log.warning("%s data: skipped %s", name, dict(ds.skipped))
-    return _Cached(train), (_Cached(val) if val is not None else None)
+    return Items(train), (Items(val) if val is not None else None)
 
 
 def _total_steps(cfg: Config, n_rows: int, per_step: int) -> int:
@@ -382,9 +388,9 @@ def run_grpo(cfg: Config) -> Path:
         minibatches = d.rollout_batch_size * r.n // a.global_batch_size
         sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
 
-        reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers)
+        reward_fn = reward.load_from_config(cfg.reward)
         run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
-        start_step, nonfinite_in_a_row = run.resume(sampler)
+        start_step, nonfinite_in_a_row = run.resume(sampler, train)
         tracker = run.tracker(total_steps, start_step, "grpo")
     except BaseException:
         if reward_fn is not None:
@@ -407,16 +413,20 @@ def run_grpo(cfg: Config) -> Path:
             none_reasons: dict[str, int] = {}
             indices: list[int] = []
             for round_ in range(cfg.algorithm.max_sampling_rounds if cfg.algorithm.dynamic_sampling else 1):
-                batch_idx = next(sampler)
+                # A row whose image fails to decode is replaced by the next one that decodes
+                # (ovlt_rl/data/items.py): the same on a resume, and the batch keeps its size.
+                batch_prompts, batch_idx = train.batch(next(sampler))
                 indices += batch_idx
-                batch_prompts = [train[i] for i in batch_idx]
                 t0 = time.perf_counter()
                 batch_groups = run.rollout.generate(batch_prompts, sampling_params(cfg, validation=False, seed=cfg.trainer.seed * 100003 + step * 97 + round_))
                 timing["timing/generate_s"] = timing.get("timing/generate_s", 0.0) + time.perf_counter() - t0
                 t0 = time.perf_counter()
                 texts = [g.text for grp in batch_groups for g in grp]
                 gts = [p["ground_truth"] for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
-                extras = [{"data_source": p["data_source"], "extra_info": p["extra_info"]} for p, grp in zip(batch_prompts, batch_groups) for _ in grp]
+                extras = [
+                    {"data_source": p["data_source"], "extra_info": p["extra_info"], "response_length": len(g.token_ids)}
+                    for p, grp in zip(batch_prompts, batch_groups) for g in grp
+                ]
                 bs = reward_fn.score_batch(texts, gts, extras)
                 reward.check_unscorable(bs, cfg.reward.max_unscorable_fraction, reward_fn.name)
                 timing["timing/reward_s"] = timing.get("timing/reward_s", 0.0) + time.perf_counter() - t0
@@ -531,6 +541,7 @@ def run_grpo(cfg: Config) -> Path:
                 {
                     "reward/mean": float(torch.nanmean(rewards_t)),
                     "data/indices": indices,  # dataset rows of this step (checks that a resume keeps the order)
+                    "data/decode_errors": float(train.skipped["decode_error"]),  # rows skipped so far (run total)
                     "response_length/mean": sum(resp_lens) / len(resp_lens),
                     "response_length/clip_ratio": sum(g.finish_reason == "length" for grp in groups for g in grp) / len(resp_lens),
                     "throughput/tokens_per_s": n_tok / step_s,
@@ -544,7 +555,8 @@ def run_grpo(cfg: Config) -> Path:
             tracker.log(step, metrics, postfix_keys=("reward/mean", "val/accuracy", "response_length/mean", "throughput/tokens_per_s"))
             tracker.advance()
             if _is_step(step, cfg.trainer.save_every, total_steps):
-                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
+                                            "decode_failures": train.state_dict()})
 
         run.save_final_model(tracker)
     finally:
@@ -608,8 +620,8 @@ def run_sft(cfg: Config) -> Path:
         # Validation accuracy needs generation: one rollout worker receives the weights at validation.
         with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
         run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
-        reward_fn = reward.load(cfg.reward.fn, timeout=cfg.reward.timeout, num_workers=cfg.reward.num_workers) if with_val else None
-        start_step, nonfinite_in_a_row = run.resume(sampler)
+        reward_fn = reward.load_from_config(cfg.reward) if with_val else None
+        start_step, nonfinite_in_a_row = run.resume(sampler, train)
         tracker = run.tracker(total_steps, start_step, "sft")
     except BaseException:
         if reward_fn is not None:
@@ -622,7 +634,8 @@ def run_sft(cfg: Config) -> Path:
             tracker.log(0, validate(run, val, 0, reward_fn))
         for step in range(start_step + 1, total_steps + 1):
             t0 = time.perf_counter()
-            samples = [sft_sample(train[i]) for i in next(sampler)]
+            items, used = train.batch(next(sampler), within=n_train)  # refilled where an image fails to decode
+            samples = [sft_sample(it) for it in items]
             mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
             mask[:, 0] = 0
             denom = float(max(1, int(mask.sum())))
@@ -638,18 +651,22 @@ def run_sft(cfg: Config) -> Path:
                 "sft/grad_norm": results[0]["sft/grad_norm"],
                 "sft/lr": results[0]["sft/lr"],
                 "sft/skipped_updates": float(skipped),
+                "data/indices": used,
+                "data/decode_errors": float(train.skipped["decode_error"]),
                 "throughput/tokens_per_s": sum(int(len(s["input_ids"])) for s in samples) / step_s,
                 "timing/step_s": step_s,
             }
-            if loss_rows and _is_step(step, cfg.trainer.val_every, total_steps):
-                metrics["val/loss"] = _val_loss(run, [sft_sample(train[i]) for i in loss_rows])
+            loss_items = train.present(loss_rows) if loss_rows and _is_step(step, cfg.trainer.val_every, total_steps) else []
+            if loss_items:
+                metrics["val/loss"] = _val_loss(run, [sft_sample(it) for it in loss_items])
             if with_val and _is_step(step, cfg.trainer.val_every, total_steps):
                 run.sync_weights()
                 metrics.update(validate(run, val, step, reward_fn))
             tracker.log(step, metrics, postfix_keys=("sft/loss", "val/accuracy", "throughput/tokens_per_s"))
             tracker.advance()
             if _is_step(step, cfg.trainer.save_every, total_steps):
-                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row})
+                run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
+                                            "decode_failures": train.state_dict()})
         run.save_final_model(tracker)
     finally:
         tracker.close()

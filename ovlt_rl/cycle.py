@@ -151,6 +151,13 @@ def _run_cycle(cfg: Config) -> Path:
     cyc = Cycle(cfg)
     root = cyc.root
     configs = [stage_configs(c, root, i) for i in range(1, c.iterations + 1)]
+    # The base model (every SFT stage's model.path) exists now; each later stage's model is made by
+    # the stage before it and is checked when its stage starts. Iteration 1's preparation models too.
+    from data_prep.config import check_prepare_models
+    from ovlt_rl.models.paths import check_model_path
+
+    check_model_path(c.base_model, "cycle.base_model")
+    check_prepare_models(configs[0][0].prepare)
     report: dict[str, Any] = {"base_val_accuracy": None, "stages": []}
     prev_grpo_model = None
     for i in range(1, c.iterations + 1):

@@ -12,18 +12,27 @@ The contract. A reward function scores ONE response against its ground truth:
 
 ``extra`` carries the row's ``data_source`` and ``extra_info`` (accept them by name or with
 ``**extra``, or leave them out). Return a float; or a dict with ``overall`` (the reward) and
-any other named parts, which are logged (e.g. ``{"overall": 0.5, "accuracy": 1.0}``); or
-None for "can't score this one". Functions written for verl,
-``compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)``, and for
-EasyR1, ``compute_score(predict_str, ground_truth)``, load unchanged: the calling convention
-is chosen from the parameter names.
+any other named parts, which are logged as ``reward/<name>`` (e.g. ``{"overall": 0.5,
+"accuracy": 1.0}``); or None for "can't score this one".
+
+Reward files written for verl and EasyR1 load unchanged; the shape is chosen by the
+function's parameter names and the file's ``REWARD_TYPE`` (reward.spec.SHAPES):
+verl's ``compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)``
+returning a float or a dict with ``score``, verl's batch form (``data_sources``,
+``solution_strs``, ...), EasyR1's ``REWARD_TYPE = "sequential"`` ``compute_score(reward_input)``
+and ``REWARD_TYPE = "batch"`` ``compute_score(reward_inputs)`` returning dicts with
+``overall``, and EasyR1 0.3's ``compute_score(predict_str, ground_truth)``. ``reward.kwargs``
+are passed to every call by keyword. Batch functions get one call per chunk of samples.
 
 Safety. Your function runs in a pool of worker processes, never in the trainer. Each sample
-gets a wall-clock timeout (default 10 s). Exceptions, timeouts, None, non-numbers, NaN/inf
-and crashed workers (os._exit, segfaults) make that sample's score None, counted by reason
-("exception", "timeout", "returned_none", "non_numeric", "non_finite", "worker_crashed",
-"abandoned"); the rest of the batch scores normally. ``check_unscorable`` turns "too many
-None" into an error naming the function. Workers are started with multiprocessing's "spawn":
+gets a wall-clock timeout (default 10 s; a batch function's chunk gets it as a whole).
+Exceptions, timeouts, None, non-numbers, NaN/inf and crashed workers (os._exit, segfaults)
+make that sample's score None, counted by reason ("exception", "timeout", "returned_none",
+"non_numeric", "non_finite", "worker_crashed", "abandoned"); the rest of the batch scores
+normally. ``check_unscorable`` turns "too many None" into an error naming the function.
+Workers run with resource limits (memory, CPU time per call, file size, processes), in a
+scratch working folder, and their stdout/stderr is captured, capped and counted
+(reward/sandbox.py, ``Limits``). Workers are started with multiprocessing's "spawn":
 a script that calls ``reward.load`` needs the usual ``if __name__ == "__main__":`` guard.
 
 Built-ins: ``openvlthinker`` (OpenVLThinker's reward: correctness of the last
@@ -43,13 +52,16 @@ Answer handling shared with evaluation: ``extract_answer``, ``normalize_answer``
 (reward/grading.py). From the shell: ``ovlt reward score fn=SPEC data=rows.jsonl``.
 """
 
-from reward.loader import RewardFn, load
+from reward.loader import RewardFn, load, load_from_config
+from reward.sandbox import Limits
 from reward.scores import BatchScores, UnscorableError, check_unscorable
 from reward.spec import RewardSpecError
 
 __all__ = [
     "load",
+    "load_from_config",
     "RewardFn",
+    "Limits",
     "BatchScores",
     "RewardSpecError",
     "UnscorableError",

@@ -1,17 +1,21 @@
 """``ovlt reward score``: score a JSONL file of responses with any reward spec.
 
-    ovlt reward score fn=SPEC data=FILE.jsonl [timeout=S] [workers=N] [out=SCORES.jsonl]
+    ovlt reward score fn=SPEC data=FILE.jsonl [kwargs=JSON] [timeout=S] [workers=N] [out=SCORES.jsonl]
     python -m reward.cli score fn=SPEC data=FILE.jsonl ...
 
 Each line of FILE.jsonl is an object with ``response`` and ``ground_truth`` (strings) and
-optionally ``data_source`` and ``extra_info``. Prints a summary: rows, mean score, None
-counts by reason, mean of each part. ``out=`` writes one line per row:
+optionally ``data_source``, ``extra_info`` and ``response_length`` (the response's token
+count, which EasyR1 functions receive). ``kwargs='{"format_weight": 0.1}'`` passes keyword
+arguments to every call, like ``reward.kwargs``. Prints the shape the function was loaded as,
+then a summary: rows, mean score, None counts by reason, mean of each part, and what the
+workers printed (capped; the rest counted). ``out=`` writes one line per row:
 ``{"line": N, "score": ..., "reason": ..., "parts": {...}}``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -19,8 +23,8 @@ from tqdm import tqdm
 
 from reward.spec import RewardSpecError
 
-USAGE = "usage: ovlt reward score fn=SPEC data=FILE.jsonl [timeout=S] [workers=N] [out=FILE.jsonl]"
-_KEYS = {"fn", "data", "timeout", "workers", "out"}
+USAGE = "usage: ovlt reward score fn=SPEC data=FILE.jsonl [kwargs=JSON] [timeout=S] [workers=N] [out=FILE.jsonl]"
+_KEYS = {"fn", "data", "kwargs", "timeout", "workers", "out"}
 _BLOCK = 512  # rows per score_batch call: the unit of the progress bar
 
 
@@ -66,7 +70,10 @@ def read_rows(path: Path) -> tuple[list[int], list[str], list[str], list[dict]]:
             lines.append(number)
             responses.append(row["response"])
             truths.append(row["ground_truth"])
-            extras.append({k: row[k] for k in ("data_source", "extra_info") if k in row})
+            length = row.get("response_length")
+            if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 0):
+                raise CliError(f"{path}:{number}: 'response_length' must be a token count (an integer >= 0), got {length!r}")
+            extras.append({k: row[k] for k in ("data_source", "extra_info", "response_length") if k in row})
     if not lines:
         raise CliError(f"data={str(path)!r}: no rows")
     return lines, responses, truths, extras
@@ -84,23 +91,41 @@ def _positive(args: dict[str, str], key: str, kind, default):
     return value
 
 
+def _kwargs(args: dict[str, str]) -> dict:
+    if "kwargs" not in args:
+        return {}
+    try:
+        value = json.loads(args["kwargs"])
+    except json.JSONDecodeError as exc:
+        raise CliError(f"kwargs={args['kwargs']!r}: not valid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise CliError(f"kwargs={args['kwargs']!r}: expected a JSON object of keyword arguments")
+    return value
+
+
 def score_file(args: dict[str, str]) -> int:
     import reward
 
     lines, responses, truths, extras = read_rows(Path(args["data"]))
     timeout = _positive(args, "timeout", float, 10.0)
     workers = _positive(args, "workers", int, 2)
+    kwargs = _kwargs(args)
     scores, reasons, parts = [], [], []
-    with reward.load(args["fn"], timeout=timeout, num_workers=workers) as fn:
+    printed = dropped = fallbacks = 0
+    with reward.load(args["fn"], timeout=timeout, num_workers=workers, kwargs=kwargs) as fn:
+        print(f"reward: {args['fn']}")
+        print(f"shape: {fn.describe_shape}", flush=True)
         for start in tqdm(range(0, len(lines), _BLOCK), desc=f"scoring with {fn.name}", unit="block"):
             end = start + _BLOCK
             batch = fn.score_batch(responses[start:end], truths[start:end], extras[start:end])
             scores += batch.scores
             reasons += batch.reasons
             parts += [{name: values[i] for name, values in batch.parts.items()} for i in range(len(batch.scores))]
+            printed += batch.output_bytes
+            dropped += batch.output_dropped_bytes
+            fallbacks += batch.batch_fallbacks
 
     scored = [s for s in scores if s is not None]
-    print(f"reward: {args['fn']}")
     print(f"rows: {len(scores)}")
     print(f"scored: {len(scored)}  mean: {sum(scored) / len(scored):.4f}" if scored else "scored: 0")
     none_counts: dict[str, int] = {}
@@ -112,6 +137,10 @@ def score_file(args: dict[str, str]) -> int:
         present = [row[name] for row in parts if row.get(name) is not None]
         if present:
             print(f"part {name}: mean {sum(present) / len(present):.4f} over {len(present)} rows")
+    if fallbacks:
+        print(f"batch fallbacks: {fallbacks} chunks scored one sample at a time after their batch call failed")
+    if printed:
+        print(f"worker output: {printed} bytes, {dropped} dropped over the cap (kept output is in the log above)")
 
     if "out" in args:
         with Path(args["out"]).open("w", encoding="utf-8") as f:
@@ -123,6 +152,8 @@ def score_file(args: dict[str, str]) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point: ``argv`` starts with the sub-command ("score"). Returns the exit status."""
+    if not logging.getLogger().handlers:  # the workers' captured output and warnings go to the log
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return score_file(_parse_args(argv))
     except (CliError, RewardSpecError) as exc:

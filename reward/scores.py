@@ -37,25 +37,37 @@ def _as_float(value) -> tuple[float | None, str | None, str]:
     return number, None, ""
 
 
-def to_score(value) -> tuple[float | None, dict[str, float | None], str | None, str]:
-    """Turn a reward function's return value into (score, parts, reason, detail).
+def to_score(value, primary: str = "overall") -> tuple[float | None, dict[str, float], tuple[str, ...], str | None, str]:
+    """Turn a reward function's return value into (score, parts, bad_parts, reason, detail).
 
-    float-like -> the score; dict -> ``overall`` is the score, other keys are named parts
-    (a part that is not a finite number becomes None); None -> reason "returned_none".
+    float-like -> the score; dict -> its ``primary`` key ("overall"; "score" for verl) is the
+    score and every other key is a named part: a finite number goes into ``parts``, None is
+    left out (not reported), anything else is named in ``bad_parts`` (counted, not logged as a
+    number); None -> reason "returned_none".
     """
-    parts: dict[str, float | None] = {}
+    parts: dict[str, float] = {}
+    bad: list[str] = []
     if isinstance(value, Mapping):
         for key, part in value.items():
-            if key != "overall":
-                parts[str(key)] = _as_float(part)[0] if part is not None else None
-        if "overall" not in value:
+            if key == primary or part is None:
+                continue
+            number = _as_float(part)[0]
+            if number is None:
+                bad.append(str(key))
+            else:
+                parts[str(key)] = number
+        if primary not in value:
             keys = ", ".join(sorted(map(str, value)))[:100]
-            return None, parts, "non_numeric", f"returned a dict without 'overall' (keys: {keys})"
-        value = value["overall"]
+            return None, parts, tuple(bad), "non_numeric", f"returned a dict without {primary!r} (keys: {keys})"
+        value = value[primary]
     if value is None:
-        return None, parts, "returned_none", ""
+        return None, parts, tuple(bad), "returned_none", ""
     score, reason, detail = _as_float(value)
-    return score, parts, reason, detail
+    return score, parts, tuple(bad), reason, detail
+
+
+# Metric names BatchScores.metrics uses itself: a part with one of these names is logged as part/<name>.
+_RESERVED = {"count", "mean", "unscorable_frac", "none", "non_numeric", "part", "batch_fallbacks", "output_bytes", "output_dropped_bytes"}
 
 
 @dataclass
@@ -65,9 +77,15 @@ class BatchScores:
     scores: a float per sample, or None when it could not be scored.
     reasons: None for scored samples, else one of REASONS.
     parts: named parts from dict returns (e.g. "accuracy", "format"), a list per name aligned
-        with ``scores`` (None where a sample did not report that part).
+        with ``scores`` (None where a sample did not report that part as a finite number).
     none_reasons: how many samples are None, by reason.
     details: the first few messages explaining None scores ("#3 exception: ZeroDivisionError: ...").
+    non_numeric_parts: per part name, how many samples reported it as something other than a
+        number (a string, a list, NaN, ...); None values are not counted.
+    batch_fallbacks: chunks whose one batch call failed or timed out and were scored one sample
+        at a time instead (batch reward functions only).
+    output_bytes, output_dropped_bytes: what the workers printed (stdout and stderr) during the
+        batch, and how much of it was over the cap and dropped (see reward/sandbox.py).
     """
 
     scores: list[float | None]
@@ -75,6 +93,10 @@ class BatchScores:
     parts: dict[str, list[float | None]] = field(default_factory=dict)
     none_reasons: Counter = field(default_factory=Counter)
     details: list[str] = field(default_factory=list)
+    non_numeric_parts: Counter = field(default_factory=Counter)
+    batch_fallbacks: int = 0
+    output_bytes: int = 0
+    output_dropped_bytes: int = 0
 
     @property
     def unscorable_fraction(self) -> float:
@@ -82,8 +104,11 @@ class BatchScores:
 
     def metrics(self, prefix: str = "reward/") -> dict[str, float]:
         """Metrics for logging: ``mean`` (over scorable samples; absent when none is),
-        ``count``, ``unscorable_frac``, ``none/<reason>`` for each reason seen, and
-        ``part/<name>`` (the mean of each part over samples that report it)."""
+        ``count``, ``unscorable_frac``, ``none/<reason>`` for each reason seen, ``<name>`` for
+        each part (its mean over the samples that report it as a number; ``part/<name>`` when
+        the name is one of these metrics' own), ``non_numeric/<name>`` (samples whose part was
+        not a number), and, when not zero, ``batch_fallbacks``, ``output_bytes`` and
+        ``output_dropped_bytes``."""
         out: dict[str, float] = {f"{prefix}count": float(len(self.scores))}
         scored = [s for s in self.scores if s is not None]
         if scored:
@@ -94,8 +119,18 @@ class BatchScores:
         for name, values in sorted(self.parts.items()):
             present = [v for v in values if v is not None]
             if present:
-                out[f"{prefix}part/{name}"] = sum(present) / len(present)
+                out[f"{prefix}{part_metric_name(name)}"] = sum(present) / len(present)
+        for name, count in sorted(self.non_numeric_parts.items()):
+            out[f"{prefix}non_numeric/{name}"] = float(count)
+        for name in ("batch_fallbacks", "output_bytes", "output_dropped_bytes"):
+            if getattr(self, name):
+                out[f"{prefix}{name}"] = float(getattr(self, name))
         return out
+
+
+def part_metric_name(name: str) -> str:
+    """The metric name (after "reward/") of a part: its own name unless that is taken."""
+    return f"part/{name}" if name.split("/")[0] in _RESERVED or name.startswith("none_") else name
 
 
 def check_unscorable(batch: BatchScores, max_fraction: float, name: str) -> None:

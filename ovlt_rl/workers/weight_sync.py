@@ -22,12 +22,15 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from ovlt_rl.workers.rendezvous import tcp_store
+
 DEFAULT_BUCKET_BYTES = 512 << 20
 
 
 def init_sync_group(host: str, port: int, rank: int, world_size: int, device: torch.device):
     """Join the sync communicator (blocks until all `world_size` members have joined)."""
-    store = dist.TCPStore(host, port, world_size, is_master=(rank == 0), timeout=datetime.timedelta(minutes=5))
+    # Listens on `host` only (torch's own server would listen on every interface).
+    store = tcp_store(host, port, world_size, is_master=rank == 0, timeout=datetime.timedelta(minutes=5))
     opts = dist.ProcessGroupNCCL.Options()
     pg = dist.ProcessGroupNCCL(dist.PrefixStore("ovlt-weight-sync", store), rank, world_size, opts)
     # A first collective makes NCCL build the communicator now, not inside the first sync.

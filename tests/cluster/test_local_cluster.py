@@ -2,7 +2,8 @@
 cluster/start_head.sh, the tiny GRPO submitted with cluster/submit.sh (it succeeds and writes its
 outputs), a job with a bad reward function (it fails, with the error in its logs), and the head
 stopped with cluster/stop.sh. Meanwhile a sampler records every TCP socket of the Ray instance's
-processes: none may talk to, or bind, an address other than loopback.
+processes: none may talk to, or bind, an address other than loopback, and ovlt's own processes
+(the job's driver and actors) may not listen on a wildcard address either.
 
 Slow (about 2-3 minutes on 2 cores): `pytest -m slow tests/cluster`.
 """
@@ -75,12 +76,27 @@ class SocketSampler(threading.Thread):
                         self.seen_cmdlines[c.pid] = " ".join(procs[c.pid].cmdline())[:200]
                     except psutil.Error:
                         self.seen_cmdlines[c.pid] = "?"
-                local_ok = not c.laddr or _is_loopback(c.laddr.ip) or c.laddr.ip in ("0.0.0.0", "::")
+                wildcard = bool(c.laddr) and c.laddr.ip in ("0.0.0.0", "::")
+                # ovlt's own processes (the job's driver and its actors: the torch.distributed
+                # store, gloo) listen on loopback only; a wildcard is allowed only to Ray's daemons
+                # started by `ray start` (not checked here, see README "Safety and networking").
+                # (The command line now: a Ray worker first seen as ray::IDLE may host an actor since.)
+                ours = wildcard and any(k in self._cmdline(procs[c.pid]) for k in ("ovlt_rl.cli", "ray::PolicyWorker", "ray::RolloutWorker"))
+                local_ok = not c.laddr or _is_loopback(c.laddr.ip) or (wildcard and not ours)
                 remote_ok = not c.raddr or _is_loopback(c.raddr.ip)
                 if not (local_ok and remote_ok):
                     self.bad.add((c.pid, self.seen_cmdlines[c.pid], tuple(c.laddr), tuple(c.raddr) if c.raddr else (), c.status))
             self.samples += 1
             self.stop_event.wait(self.every)
+
+    @staticmethod
+    def _cmdline(proc) -> str:
+        import psutil
+
+        try:
+            return " ".join(proc.cmdline())
+        except psutil.Error:
+            return "?"
 
     def stop(self) -> None:
         self.stop_event.set()

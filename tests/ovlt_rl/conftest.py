@@ -86,3 +86,32 @@ def write_parquet(tmp_path):
         return write_rows(rows, tmp_path / name)
 
     return _write
+
+
+def _undecodable(png: bytes) -> bytes:
+    """`png` with its compressed pixel data scrambled and the chunk checksums made right again:
+    it passes the start-up check (header, structure, CRCs) but fails to decode ("broken data stream")."""
+    import struct
+    import zlib
+
+    out, pos = bytearray(png[:8]), 8
+    while pos < len(png):
+        (n,) = struct.unpack(">I", png[pos : pos + 4])
+        kind, body = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + n]
+        if kind == b"IDAT":
+            body = bytes(b ^ 0x5A for b in body)
+        out += struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        pos += 12 + n
+    return bytes(out)
+
+
+@pytest.fixture(scope="session")
+def undecodable_row():
+    """undecodable_row(k=2, **image_row kwargs) -> a row whose image passes the check but not decoding."""
+
+    def make(k: int = 2, **kw) -> dict:
+        row = _image_row(k, **kw)
+        row["images"] = [{"bytes": _undecodable(row["images"][0]["bytes"]), "path": None}]
+        return row
+
+    return make

@@ -31,6 +31,8 @@ def test_defaults_and_overrides_are_typed():
         ([TRAIN, "actor.lr_schedule=linearish"], "actor.lr_schedule"),
         ([TRAIN, "rollout.temperature=0"], "rollout.temperature"),
         ([TRAIN, "reference.enabled=false"], "reference.enabled"),
+        ([TRAIN, "reward.max_memory_mb=-1"], "reward.max_memory_mb"),
+        ([TRAIN, "reward.max_processes=-5"], "reward.max_processes"),
         (["trainer.loggers=[console,carrier_pigeon]", TRAIN], "trainer.loggers"),
         ([], "data.train_files"),
         (["recipe=does/not/exist"], "recipe=does/not/exist"),
@@ -41,6 +43,12 @@ def test_bad_config_names_the_field(args, field):
     with pytest.raises(ConfigError) as e:
         load_config("grpo", args)
     assert field in str(e.value)
+
+
+def test_reward_kwargs_take_any_keys_of_the_users_function():
+    cfg = load_config("grpo", [TRAIN, "reward.kwargs.format_weight=0.1", "reward.kwargs.tags=[a,b]"])
+    assert cfg.reward.kwargs == {"format_weight": 0.1, "tags": ["a", "b"]}
+    assert load_config("grpo", [TRAIN]).reward.kwargs == {}
 
 
 def _recipes():

@@ -33,3 +33,10 @@ def test_explicit_nccl_on_a_shared_gpu_is_an_error_naming_the_settings():
 def test_explicit_object_store_is_kept_on_gpus():
     cfg = _cfg("actor.gpus_per_worker=1", "rollout.gpus_per_worker=1", "rollout.weight_sync=object_store")
     assert weight_sync_mode(cfg, "cuda:0") == "object_store"
+
+
+def test_vllm_uses_nccl_only_when_asked():
+    cfg = _cfg("actor.gpus_per_worker=1", "rollout.gpus_per_worker=1", "rollout.engine=vllm")
+    assert weight_sync_mode(cfg, "cuda:0") == "object_store"
+    cfg = _cfg("actor.gpus_per_worker=1", "rollout.gpus_per_worker=1", "rollout.engine=vllm", "rollout.weight_sync=nccl")
+    assert weight_sync_mode(cfg, "cuda:0") == "nccl"

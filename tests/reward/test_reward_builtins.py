@@ -166,7 +166,7 @@ def test_openvlthinker_by_name_in_the_pool():
         "6",
     ]
     with reward.load("openvlthinker", timeout=30.0, num_workers=1) as fn:
-        assert fn.style == "native"
+        assert fn.shape == "native"
         batch = fn.score_batch(responses, ["6"] * 4)
         assert fn("<answer>(B)</answer>", "B") == 1.0
     assert batch.scores == [1.0, 0.5, 0.0, 1.0]
@@ -176,6 +176,6 @@ def test_openvlthinker_by_name_in_the_pool():
         "reward/count": 4.0,
         "reward/mean": 0.625,
         "reward/unscorable_frac": 0.0,
-        "reward/part/accuracy": 0.75,
-        "reward/part/format": 0.25,
+        "reward/accuracy": 0.75,
+        "reward/format": 0.25,
     }

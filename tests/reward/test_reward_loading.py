@@ -31,7 +31,7 @@ def test_verl_style_function_loads_unchanged(tmp_path):
         """,
     )
     with reward.load(str(file), num_workers=1) as fn:  # ":compute_score" is the default
-        assert fn.style == "verl"
+        assert fn.shape == "verl"
         batch = fn.score_batch(
             ["the answer is 4", "the answer is 5", "4"],
             ["4", "4", "4"],
@@ -41,19 +41,20 @@ def test_verl_style_function_loads_unchanged(tmp_path):
 
 
 def test_verl_function_with_dict_return_logs_parts(tmp_path):
+    # verl takes "score" from a dict and logs the other keys
     file = _write(
         tmp_path / "verl_dict.py",
         """
         def compute_score(data_source, solution_str, ground_truth, extra_info):
             acc = float(solution_str == ground_truth)
-            return {"overall": acc, "acc": acc, "length": len(solution_str)}
+            return {"score": acc, "acc": acc, "length": len(solution_str)}
         """,
     )
     with reward.load(f"{file}:compute_score", num_workers=1) as fn:
         batch = fn.score_batch(["7", "x"], ["7", "7"])
     assert batch.scores == [1.0, 0.0]
     assert batch.parts == {"acc": [1.0, 0.0], "length": [1.0, 1.0]}
-    assert batch.metrics()["reward/part/acc"] == 0.5
+    assert batch.metrics()["reward/acc"] == 0.5
 
 
 def test_easyr1_style_function_loads_unchanged(tmp_path):
@@ -75,7 +76,7 @@ def test_easyr1_style_function_loads_unchanged(tmp_path):
         """,
     )
     with reward.load(f"{file}:compute_score", num_workers=1) as fn:
-        assert fn.style == "easyr1"
+        assert fn.shape == "easyr1"
         batch = fn.score_batch(["<think>a</think><answer>3</answer>", "<answer>3</answer>", "nope"], ["3", "3", "3"])
     assert batch.scores == [1.0, 0.5, 0.0]
     assert batch.parts == {"format": [1.0, 0.0, 0.0], "accuracy": [1.0, 1.0, 0.0]}

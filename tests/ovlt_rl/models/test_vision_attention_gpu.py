@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ovlt_rl.models.varlen import find_varlen, varlen_attention, varlen_works
-from ovlt_rl.models.vision_attention import NAME, grouped_window_attention, kernel_for, use_window_attention
+from ovlt_rl.models.vision_attention import grouped_window_attention, kernel_for, use_window_attention, uses_window_attention
 from tests.ovlt_rl.models.attention_checks import assert_matches_reference
 
 
@@ -31,12 +31,12 @@ def test_varlen_window_attention_matches_per_window_sdpa():
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 16, T, 80, device="cuda", generator=g, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 
-    out, _ = grouped_window_attention(None, q, k, v, scaling=scaling, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    out = grouped_window_attention(q, k, v, cu, scaling)
     assert out.shape == (1, T, 16, 80) and out.dtype == torch.bfloat16
     # It took the varlen path: the same numbers as the kernel called directly (with the given max).
     direct = varlen_attention(q, k, v, cu, 1296, scaling, causal=False)
     assert direct is not None and torch.equal(out, direct)
-    given_max, _ = grouped_window_attention(None, q, k, v, scaling=scaling, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=1296)
+    given_max = grouped_window_attention(q, k, v, cu, scaling, max_len=1296)
     assert torch.equal(given_max, out)
 
     ref = _per_window_sdpa(q, k, v, cu, scaling)
@@ -69,7 +69,7 @@ def test_tiny_vision_tower_in_bf16_matches_per_window_sdpa():
 
     want, want_grads = run()
     use_window_attention(model)
-    assert visual.config._attn_implementation == NAME
+    assert uses_window_attention(model)
     got, got_grads = run()
     assert (got - want).abs().max() / want.abs().max() < 3e-2
     for a, b in zip(got_grads, want_grads):

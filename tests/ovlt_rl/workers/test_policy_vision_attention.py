@@ -9,7 +9,7 @@ from PIL import Image
 
 from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.models.loading import load_processor, resolve_model_path
-from ovlt_rl.models.vision_attention import NAME
+from ovlt_rl.models.vision_attention import use_stock_attention, uses_window_attention
 from ovlt_rl.workers.sequences import make_sample
 from tests.ovlt_rl.workers.test_policy import _worker
 
@@ -48,10 +48,6 @@ def samples():
     return out
 
 
-def _visual_config(w):
-    return w.policy.model.model.visual.config
-
-
 @pytest.mark.parametrize("overrides", [
     {"model.gradient_checkpointing": "true", "model.freeze_vision_tower": "false", "actor.padding_free": "true"},
     {"model.gradient_checkpointing": "false", "model.freeze_vision_tower": "true", "actor.padding_free": "false"},
@@ -59,10 +55,11 @@ def _visual_config(w):
 def test_window_attention_keeps_logprobs_and_gradients(model_path, samples, overrides):
     kw = {"actor.micro_batch_size": 2, "actor.global_batch_size": "4", **overrides}
     results = {}
-    for implementation in (NAME, "sdpa"):
+    for implementation in ("ovlt", "sdpa"):
         w = _worker(model_path, **kw)
-        assert _visual_config(w)._attn_implementation == NAME  # the worker switched it
-        _visual_config(w)._attn_implementation = implementation  # "sdpa": transformers' per-window loop
+        assert uses_window_attention(w.policy.model)  # the worker switched it
+        if implementation == "sdpa":
+            use_stock_attention(w.policy.model)  # transformers' per-window loop
         lps = w.compute_logprobs(samples, "policy", 2)
         for s, lp in zip(samples, lps):
             s["old_logprobs"] = lp  # the same for both runs up to 1e-5 (asserted below)
@@ -72,7 +69,7 @@ def test_window_attention_keeps_logprobs_and_gradients(model_path, samples, over
         vision = {k: v.clone() for k, v in w.full_state_dict().items() if "visual" in k}
         results[implementation] = (lps, m["actor/grad_norm"], vision)
         w.shutdown()
-    (lp_ours, g_ours, v_ours), (lp_ref, g_ref, v_ref) = results[NAME], results["sdpa"]
+    (lp_ours, g_ours, v_ours), (lp_ref, g_ref, v_ref) = results["ovlt"], results["sdpa"]
     for a, b in zip(lp_ours, lp_ref):
         assert (a - b).abs().max() < 1e-5
     assert g_ours == pytest.approx(g_ref, rel=1e-5)

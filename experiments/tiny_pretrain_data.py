@@ -1,9 +1,9 @@
-"""Data for the caption-pretraining experiment on the tiny task (docs/benchmarks.md, "A tiny base
-that can see"), and a check of what the pretrained model reads.
+"""Data for the caption-pretraining experiment on the tiny task (a tiny base that
+can see: docs/notes/2026-11-22-caption-pretraining.md), and a check of what the pretrained model reads.
 
-    python bench/tiny_pretrain_data.py write --out outputs/tiny-pretrain --sft outputs/tiny-data/sft.parquet
-    python bench/tiny_pretrain_data.py pretrain --out outputs/tiny-pretrain       # captions + text-only reasoning (session 6)
-    python bench/tiny_pretrain_data.py captions --model outputs/tiny-pre/hf      # exact-match captions, 2-core CPU, ~15 s
+    python experiments/tiny_pretrain_data.py write --out outputs/tiny-pretrain --sft outputs/tiny-data/sft.parquet
+    python experiments/tiny_pretrain_data.py pretrain --out outputs/tiny-pretrain       # captions + text-only reasoning (session 6)
+    python experiments/tiny_pretrain_data.py captions --model outputs/tiny-pre/hf      # exact-match captions, 2-core CPU, ~15 s
 
 The paper starts from a pretrained VLM that already reads images; the tiny model starts from random
 weights, so its SFT spends most steps learning to see. `write` makes three files for testing a
@@ -17,7 +17,7 @@ pretrained start with the ordinary `ovlt sft` / `ovlt grpo` commands:
 
 `pretrain` writes pretrain.parquet, half caption rows and half text-only reasoning ("{description}
 \n{question}" -> the reasoner's answer, restating the description): a base that can also reason in
-words, as a real VLM's language model can (docs/benchmarks.md, "A weak captioner's guesses").
+words, as a real VLM's language model can (docs/notes/2026-11-22-weak-captioner.md).
 
 `captions` greedily describes the first validation images with a model and counts exact matches
 per family: how much of the image a model reads, separately from any reasoning.
@@ -29,9 +29,10 @@ import argparse
 import collections
 import io
 import json
+import sys
 from pathlib import Path
 
-from common import REPO  # noqa: F401  (puts the repo on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: ovlt_rl, data_prep
 
 CAPTION_QUESTION = "Describe the image."
 

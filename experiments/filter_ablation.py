@@ -2,7 +2,7 @@
 questions with (a) unfiltered correct responses, (b) responses under 500 words, (c) reflections
 removed too, and compare validation accuracy (the paper, MathVista: 48.4 < 55.0 < 62.5).
 
-    python bench/filter_ablation.py --data outputs/tiny-data [sft overrides ...]
+    python experiments/filter_ablation.py --data outputs/tiny-data [sft overrides ...]
 
 The three sets come from `ovlt prepare recipe=tiny` (prepare.filters.write_variants=true writes
 ablation/sft_{unfiltered,length,noreflect}.parquet: same questions, same seed, only the filters
@@ -19,7 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import REPO, record, table  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench.common, ovlt_rl, ...
+from bench.common import REPO, record, table  # noqa: E402  (records go to bench/results.jsonl)
 
 VARIANTS = ["unfiltered", "length", "noreflect"]
 

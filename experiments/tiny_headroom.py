@@ -1,7 +1,7 @@
 """What could GRPO gain on the tiny task? Greedy vs sampled accuracy of a model, per task family.
 
-    python bench/tiny_headroom.py --model outputs/demo/sft-1/hf --temperatures 1.0 0.7 0.4
-    python bench/tiny_headroom.py --model outputs/demo/sft-1/hf --data outputs/tiny-data/val.parquet --n 8 --max-new-tokens 96
+    python experiments/tiny_headroom.py --model outputs/demo/sft-1/hf --temperatures 1.0 0.7 0.4
+    python experiments/tiny_headroom.py --model outputs/demo/sft-1/hf --data outputs/tiny-data/val.parquet --n 8 --max-new-tokens 96
 
 A diagnostic for the GRPO stage, not a throughput benchmark. For each held-out prompt it decodes
 once near-greedily (as validation does) and `--n` times at each sampling temperature, with the hf
@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import time
+from pathlib import Path
 
-from common import record, table  # noqa: E402  (puts the repo on sys.path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: bench.common, ovlt_rl, ...
+from bench.common import record, table  # noqa: E402  (records go to bench/results.jsonl)
 
 
 def templates_table(prompts, greedy, extract_answer, grade) -> str:

@@ -1,7 +1,7 @@
 """Does the tiny model learn to read the image, and after how many SFT steps?
 
-    python bench/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda
-    python bench/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda --freeze-vision --lr 3e-3
+    python experiments/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda
+    python experiments/tiny_image_use.py --data outputs/tiny-data --steps 1000 --device cuda --freeze-vision --lr 3e-3
 
 A diagnostic, not a throughput benchmark: it trains the tiny Qwen2.5-VL on the distilled SFT rows
 with a plain single-process loop (AdamW, warmup + cosine; deliberately not our engine, so that it
@@ -12,7 +12,7 @@ text alone explains its predictions. At the end (and at `--gen-at` steps) it dec
 prompts near-greedily and grades them with the built-in reward, per task family.
 
 `--data` is a folder made by `ovlt prepare recipe=tiny` (sft.parquet, val.parquet). Results of
-the runs in docs/benchmarks.md came from this script (8 runs side by side on one H100).
+the runs in docs/notes/2026-11-22-tiny-image-use.md came from this script (8 runs side by side on one H100).
 """
 
 from __future__ import annotations
