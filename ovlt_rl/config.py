@@ -246,6 +246,11 @@ class TrainerConfig:
     """CPUs for a local Ray (0: all)."""
     save_hf: bool = True
     """Write the final model in HF format to output_dir/hf."""
+    allow_config_change: bool = False
+    """Resume even when the config changes fields that alter the run's meaning (model, data,
+    algorithm, lr, batch shapes; see ovlt_rl/config_change.py). Without it such a resume stops with
+    an error naming the fields; harmless fields (total steps, logging, save cadence) may always change.
+    Every change is logged either way."""
 
 
 @dataclass

@@ -64,8 +64,10 @@ class Run:
 
     def __init__(self, cfg: Config, kind: str):
         from ovlt_rl.checkpoint import CheckpointManager
+        from ovlt_rl.config_change import check_resume_config
         from ovlt_rl.models.loading import load_processor, resolve_model_path
         from ovlt_rl.models.paths import check_model_path
+        from ovlt_rl.run_lock import OutputLock
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
@@ -74,14 +76,22 @@ class Run:
         absolute_paths(cfg)
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.trainer.output_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(to_yaml(cfg))
-        self.model_path = resolve_model_path(cfg.model.path)
-        ensure_data(cfg)
-        self.processor = load_processor(self.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-        self.pad_id = self.processor.tokenizer.pad_token_id
-        self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.trainer.keep_checkpoints)
-        self.resume_from = self.ckpt.latest()  # raises if checkpoints exist but none is valid
+        # Held until shutdown (or the process's end, however it ends): one run per output folder.
+        self.lock = OutputLock(self.out).acquire()
+        try:
+            self.ckpt = CheckpointManager(self.out / "checkpoints", keep=cfg.trainer.keep_checkpoints)
+            t0 = time.perf_counter()
+            newest = self.ckpt.latest()  # raises if checkpoints exist but none is valid
+            self.verify_s = time.perf_counter() - t0  # the sha256 checks (a 7B checkpoint: seconds to a minute)
+            if newest is not None:  # before any work: a resume under a changed meaning stops here
+                check_resume_config(newest[1] / "config.yaml", cfg)
+            self.model_path = resolve_model_path(cfg.model.path)
+            ensure_data(cfg)
+            self.processor = load_processor(self.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+            self.pad_id = self.processor.tokenizer.pad_token_id
+        except BaseException:
+            self.lock.release()
+            raise
 
     def start_workers(self, total_opt_steps: int, with_rollout: bool) -> None:
         from ovlt_rl.workers.group import PolicyGroup, RolloutGroup, init_ray
@@ -124,20 +134,32 @@ class Run:
         return time.perf_counter() - t0
 
     def resume(self, sampler, train) -> tuple[int, int]:
-        """Load the last committed checkpoint, if any: (step to continue after, non-finite streak)."""
-        if not self.resume_from:
+        """Load the newest checkpoint that verifies and loads (falling back to the one before it,
+        with a warning, when it doesn't), if any: (step to continue after, non-finite streak).
+        Then the run really starts: config.yaml is written."""
+        loaded: dict[str, Any] = {}
+
+        def load(path: Path) -> None:
+            state = self.ckpt.driver_state(path)
+            self.policy.call("load_checkpoint", str(path))
+            sampler.load_state_dict(state["sampler"])
+            # Rows whose images failed to decode before the checkpoint keep counting against
+            # data.max_bad_fraction (checkpoints written before decode skips existed have none).
+            train.load_state_dict(state.get("decode_failures", []))
+            loaded.update(state)
+
+        t0 = time.perf_counter()
+        found = self.ckpt.resume(load)  # raises if checkpoints exist but none can be resumed
+        load_s = time.perf_counter() - t0
+        write_config(self.out, self.cfg)
+        if found is None:
             return 0, 0
-        step, path = self.resume_from
-        state = self.ckpt.driver_state(path)
-        self.policy.call("load_checkpoint", str(path))
-        sampler.load_state_dict(state["sampler"])
-        # Rows whose images failed to decode before the checkpoint keep counting against
-        # data.max_bad_fraction (checkpoints written before decode skips existed have none).
-        train.load_state_dict(state.get("decode_failures", []))
+        step, path = found
         if self.rollout is not None:
             self.sync_weights()
+        log.info("resume: checksums verified in %.2f s, state loaded in %.2f s", self.verify_s, load_s)
         log.info("resumed from %s (step %d)", path, step)
-        return step, state["nonfinite_in_a_row"]
+        return step, loaded["nonfinite_in_a_row"]
 
     def tracker(self, total_steps: int, start_step: int, desc: str):
         from ovlt_rl.tracking import Tracker
@@ -152,13 +174,33 @@ class Run:
             tracker.write(f"model: {self.out / 'hf'}")
 
     def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:
-        return self.ckpt.save(step, lambda d: self.policy.call("save_checkpoint", d), driver_state)
+        return self.ckpt.save(step, lambda d: self.policy.call("save_checkpoint", d), driver_state,
+                              extra_files={"config.yaml": to_yaml(self.cfg)})
 
     def shutdown(self) -> None:
-        if getattr(self, "rollout", None) is not None:
-            self.rollout.shutdown()
-        if getattr(self, "policy", None) is not None:
-            self.policy.shutdown()
+        try:
+            if getattr(self, "rollout", None) is not None:
+                self.rollout.shutdown()
+            if getattr(self, "policy", None) is not None:
+                self.policy.shutdown()
+        finally:
+            self.lock.release()
+
+
+def write_config(out: Path, cfg: Config) -> Path:
+    """Write `out/config.yaml` (once the run really starts); an earlier, different one is kept as
+    config.N.yaml (N = 1, 2, ... in the order the runs started)."""
+    import os
+
+    text = to_yaml(cfg)
+    path = out / "config.yaml"
+    if path.is_file() and path.read_text() != text:
+        n = 1 + max([int(p.stem.split(".")[1]) for p in out.glob("config.*.yaml") if p.stem.split(".")[1].isdigit()], default=0)
+        os.replace(path, out / f"config.{n}.yaml")
+    tmp = out / ".config.yaml.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def ensure_data(cfg: Config) -> None:
@@ -338,16 +380,23 @@ def run_grpo(cfg: Config) -> Path:
     from ovlt_rl.workers.sequences import make_sample
 
     run = Run(cfg, "grpo")
-    train, val = _open_datasets(cfg, run.processor, sft=False)
-    a, r, d = cfg.actor, cfg.rollout, cfg.data
-    total_steps = _total_steps(cfg, len(train), d.rollout_batch_size)
-    minibatches = d.rollout_batch_size * r.n // a.global_batch_size
-    sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
+    reward_fn = None
+    try:  # until the loop's own try: release the workers and the output folder's lock on failure
+        train, val = _open_datasets(cfg, run.processor, sft=False)
+        a, r, d = cfg.actor, cfg.rollout, cfg.data
+        total_steps = _total_steps(cfg, len(train), d.rollout_batch_size)
+        minibatches = d.rollout_batch_size * r.n // a.global_batch_size
+        sampler = EpochIterator(len(train), d.rollout_batch_size, seed=cfg.trainer.seed, shuffle=d.shuffle, drop_last=True)
 
-    reward_fn = reward.load_from_config(cfg.reward)
-    run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
-    start_step, nonfinite_in_a_row = run.resume(sampler, train)
-    tracker = run.tracker(total_steps, start_step, "grpo")
+        reward_fn = reward.load_from_config(cfg.reward)
+        run.start_workers(total_opt_steps=total_steps * minibatches * a.ppo_epochs, with_rollout=True)
+        start_step, nonfinite_in_a_row = run.resume(sampler, train)
+        tracker = run.tracker(total_steps, start_step, "grpo")
+    except BaseException:
+        if reward_fn is not None:
+            reward_fn.close()
+        run.shutdown()
+        raise
     try:
         if start_step == 0 and val is not None and cfg.trainer.val_before_train:
             m = validate(run, val, 0, reward_fn)
@@ -558,20 +607,27 @@ def run_sft(cfg: Config) -> Path:
     from ovlt_rl.workers.sequences import sft_sample
 
     run = Run(cfg, "sft")
-    train, val = _open_datasets(cfg, run.processor, sft=True)
-    a = cfg.actor
-    # Held-out rows for the validation loss: the last ones, never trained on.
-    n_loss = int(len(train) * cfg.data.val_loss_fraction)
-    n_train = len(train) - n_loss
-    loss_rows = list(range(n_train, len(train)))
-    total_steps = _total_steps(cfg, n_train, a.global_batch_size)
-    sampler = EpochIterator(n_train, a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
-    # Validation accuracy needs generation: one rollout worker receives the weights at validation.
-    with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
-    run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
-    reward_fn = reward.load_from_config(cfg.reward) if with_val else None
-    start_step, nonfinite_in_a_row = run.resume(sampler, train)
-    tracker = run.tracker(total_steps, start_step, "sft")
+    reward_fn = None
+    try:  # until the loop's own try: release the workers and the output folder's lock on failure
+        train, val = _open_datasets(cfg, run.processor, sft=True)
+        a = cfg.actor
+        # Held-out rows for the validation loss: the last ones, never trained on.
+        n_loss = int(len(train) * cfg.data.val_loss_fraction)
+        n_train = len(train) - n_loss
+        loss_rows = list(range(n_train, len(train)))
+        total_steps = _total_steps(cfg, n_train, a.global_batch_size)
+        sampler = EpochIterator(n_train, a.global_batch_size, seed=cfg.trainer.seed, shuffle=cfg.data.shuffle, drop_last=True)
+        # Validation accuracy needs generation: one rollout worker receives the weights at validation.
+        with_val = val is not None  # validated at the end at least (and every trainer.val_every steps)
+        run.start_workers(total_opt_steps=total_steps, with_rollout=with_val)
+        reward_fn = reward.load_from_config(cfg.reward) if with_val else None
+        start_step, nonfinite_in_a_row = run.resume(sampler, train)
+        tracker = run.tracker(total_steps, start_step, "sft")
+    except BaseException:
+        if reward_fn is not None:
+            reward_fn.close()
+        run.shutdown()
+        raise
     world = run.policy.world_size
     try:
         if start_step == 0 and with_val and cfg.trainer.val_before_train:

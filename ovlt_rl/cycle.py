@@ -133,6 +133,15 @@ def stage_configs(c, root: Path, i: int) -> tuple[Config, Config, Config]:
 
 
 def run_cycle(cfg: Config) -> Path:
+    """The whole cycle, holding its output folder's lock (one cycle per folder; each stage's run
+    also locks its own folder)."""
+    from ovlt_rl.run_lock import OutputLock
+
+    with OutputLock(cfg.trainer.output_dir):
+        return _run_cycle(cfg)
+
+
+def _run_cycle(cfg: Config) -> Path:
     from data_prep.pipeline import run_prepare
     from ovlt_rl.controller import run_grpo, run_sft
     from ovlt_rl.report import write_report

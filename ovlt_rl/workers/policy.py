@@ -390,31 +390,22 @@ class PolicyWorker:
         return None
 
     def save_checkpoint(self, path: str) -> None:
-        """Sharded model + optimizer state with torch.distributed.checkpoint into `path` (collective)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
+        """Sharded model + optimizer state into `path` as safetensors + JSON (collective; see sharded_state)."""
+        from ovlt_rl.workers.sharded_state import save_state
 
-        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
-        if self.rank == 0:
-            torch.save(
-                {"scheduler_last_epoch": torch.tensor(self.scheduler.last_epoch), "opt_steps": torch.tensor(self.opt_steps)},
-                os.path.join(path, "worker_state.pt"),
-            )
+        save_state(path, self.policy, self.optimizer, self.rank, self.world,
+                   {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps})
         dist.barrier()
 
     def load_checkpoint(self, path: str) -> dict[str, int]:
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        """Load what save_checkpoint wrote (collective). Reads safetensors and JSON only: nothing in
+        the output folder is unpickled."""
+        from ovlt_rl.workers.sharded_state import load_state
 
-        model_sd, optim_sd = get_state_dict(self.policy, self.optimizer)
-        state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(self.policy, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-        ws = torch.load(os.path.join(path, "worker_state.pt"), weights_only=True)
-        self.opt_steps = int(ws["opt_steps"])
+        state = load_state(path, self.policy, self.optimizer, self.world)
+        self.opt_steps = int(state["opt_steps"])
         # Recreate the lr schedule position: LambdaLR's lr is a pure function of last_epoch.
-        self.scheduler.last_epoch = int(ws["scheduler_last_epoch"])
+        self.scheduler.last_epoch = int(state["scheduler_last_epoch"])
         for g, base, lam in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             g["lr"] = base * lam(self.scheduler.last_epoch)
         return {"opt_steps": self.opt_steps}
