@@ -258,7 +258,9 @@ class TrainerConfig:
     ray_num_cpus: int = 0
     """CPUs for a local Ray (0: all)."""
     save_hf: bool = True
-    """Write the final model in HF format to output_dir/hf."""
+    """Write the final model in HF format to output_dir/hf, in the training dtype (model.dtype)."""
+    hf_max_shard_size: str = "5GB"
+    """Largest safetensors shard of that HF folder (transformers' notation: "5GB", "500MB")."""
 
 
 @dataclass
@@ -312,6 +314,12 @@ def _check(cond: bool, fieldname: str, msg: str) -> None:
         raise ConfigError(f"{fieldname}: {msg}")
 
 
+def _shard_size_ok(size: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)", size) is not None
+
+
 def validate(cfg: Config, command: str) -> None:
     """Cross-field checks, run at start-up by every command before any work starts."""
     a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
@@ -362,6 +370,8 @@ def validate(cfg: Config, command: str) -> None:
            "sharegpt is an SFT layout; grpo reads format=ovlt, verl or easyr1")
     _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
     _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
+    _check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
+           f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
     for name in t.loggers:
         _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
     if command == "prepare":
