@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +83,7 @@ def wandb_run_id(output_dir: Path) -> str:
         if not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"{path}: not a wandb run id ({run_id[:80]!r}); delete the file to start a new wandb run")
         return run_id
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = uuid.uuid4().hex[:16]  # wandb's own generator moved between releases; any [a-z0-9] id works
     tmp = path.with_suffix(".tmp")
     tmp.write_text(run_id + "\n")
     os.replace(tmp, path)

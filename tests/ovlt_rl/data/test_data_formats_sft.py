@@ -38,8 +38,9 @@ def test_sft_from_sharegpt_json_exports_in_the_training_dtype(tmp_path, png_byte
     ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
-    steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m.get("step") == 1 and "loss" in m]
-    assert steps and steps[0]["loss"] > 0
+    steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m.get("step") == 1 and "sft/loss" in m]
+    assert steps and steps[0]["sft/loss"] > 0
+    assert sorted(steps[0]["data/indices"]) == [0, 1, 2, 3]  # every JSON row became a sample
     hf = out / "hf"
     shards = sorted(set(json.loads((hf / "model.safetensors.index.json").read_text())["weight_map"].values()))
     assert len(shards) > 1
