@@ -114,7 +114,7 @@ def _read_records(spec: str | os.PathLike) -> tuple[list[dict[str, Any]], list[s
     if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
         tables = []
         for f in _arrow_files(path, split):
-            with pa.memory_map(str(f)) as source:
+            with pa.OSFile(str(f)) as source:  # read in full: to_pylist copies the rows anyway
                 tables.append(pa.ipc.open_stream(source).read_all())
         return _records(pa.concat_tables(tables), path)
     files = sorted(path.rglob("*.parquet"))
