@@ -225,7 +225,11 @@ def read_source(spec: str | os.PathLike, fmt: DataFormat = DataFormat()) -> list
     """Rows of `spec` in ovlt's schema (see the module docstring)."""
     path, _ = split_spec(spec)
     if fmt.name == "ovlt" and path.suffix == ".parquet" and fmt == DataFormat():
-        return schema.read_rows(path)  # ovlt's own files: as they always were read
+        rows = schema.read_rows(path)  # ovlt's own files: as they always were read
+        for i, row in enumerate(rows):  # ground truths as in every other layout (a verl list is an error)
+            if row.get("reward_model"):
+                row["reward_model"]["ground_truth"] = _ground_truth(row["reward_model"].get("ground_truth"), f"{spec} row {i}")
+        return rows
     records, columns, folder = _read_records(spec)
     base = Path(fmt.image_dir or folder).resolve()
     needed = {"easyr1": [fmt.prompt_key], "sharegpt": [fmt.messages_key]}.get(fmt.name, [fmt.prompt_key])

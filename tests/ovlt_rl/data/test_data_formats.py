@@ -91,8 +91,9 @@ def test_verl_list_ground_truth_is_an_error_naming_the_row(tmp_path, png_bytes):
     rows[1]["reward_model"] = {"style": "rule", "ground_truth": ["2"]}
     rows[0]["reward_model"] = {"style": "rule", "ground_truth": ["1"]}
     path = write_verl_parquet(rows, tmp_path / "gt.parquet")
-    with pytest.raises(FormatError, match=r"gt.parquet row 0: the ground truth must be a string or a number"):
-        read_source(path, DataFormat("verl"))
+    for fmt in (DataFormat("verl"), DataFormat()):  # the default reader too
+        with pytest.raises(FormatError, match=r"gt.parquet row 0: the ground truth must be a string or a number"):
+            read_source(path, fmt)
 
 
 def test_sharegpt_messages_and_images_sft(tmp_path, tiny_processor, png_bytes):
