@@ -3,6 +3,7 @@
     ovlt prepare tiny-model [out=DIR] [seed=0] [force=true]   build the offline tiny Qwen2.5-VL model
     ovlt prepare synthetic recipe=tiny [prepare.output_dir=D] write the synthetic task's train/val/test
     ovlt prepare recipe=tiny [prepare.output_dir=D]           data preparation: distill -> filter -> mix
+    ovlt prepare convert src=PATH out=F.parquet data.format=easyr1 [data.prompt_key=...]  verl/EasyR1/ShareGPT data -> ovlt Parquet
     ovlt sft recipe=tiny [key=value ...]                       supervised fine-tuning on the policy workers
     ovlt grpo recipe=tiny [key=value ...]                      GRPO: rollouts, rewards, policy updates
     ovlt cycle recipe=tiny [key=value ...]                     SFT -> GRPO -> self-improvement, K iterations
@@ -135,12 +136,35 @@ def _prepare(rest: list[str]) -> int:
         for split, p in paths.items():
             print(f"{split}: {p}")
         return 0
+    if what == "convert":
+        return _convert(args)
     if what is None:
         from data_prep.pipeline import run_prepare
 
         run_prepare(load_config("prepare", _expand_aliases("prepare", args)))
         return 0
-    raise ConfigError(f"ovlt prepare {what}: unknown; expected tiny-model, synthetic, or recipe=... for the data pipeline")
+    raise ConfigError(f"ovlt prepare {what}: unknown; expected tiny-model, synthetic, convert, or recipe=... for the data pipeline")
+
+
+_CONVERT_KEYS = ("format", "prompt_key", "answer_key", "image_key", "messages_key", "image_dir")
+
+
+def _convert(args: list[str]) -> int:
+    """ovlt prepare convert src=PATH out=FILE.parquet [data.format=easyr1 data.prompt_key=... ...]"""
+    data_args = [a for a in args if a.startswith("data.")]
+    opts = _kv([a for a in args if not a.startswith("data.")], {"src": "data to convert", "out": "ovlt Parquet file"})
+    if "src" not in opts or "out" not in opts:
+        raise ConfigError("usage: ovlt prepare convert src=PATH out=FILE.parquet [data.format=verl|easyr1|sharegpt] [data.prompt_key=...]")
+    bad = [a for a in data_args if a.split("=", 1)[0].removeprefix("data.") not in _CONVERT_KEYS]
+    if bad:
+        raise ConfigError(f"argument {bad[0]!r}: convert takes {', '.join('data.' + k for k in _CONVERT_KEYS)}")
+    d = load_config("convert", data_args).data  # the data section, checked like a run's
+    from data_prep.convert import convert
+    from ovlt_rl.data.formats import DataFormat
+
+    path, n = convert(opts["src"], opts["out"], DataFormat(d.format, d.prompt_key, d.answer_key, d.image_key, d.messages_key, d.image_dir))
+    print(f"{n} rows: {path}")
+    return 0
 
 
 if __name__ == "__main__":

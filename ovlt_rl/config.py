@@ -43,9 +43,28 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_files: list[str] = field(default_factory=list)
-    """Parquet files of training rows (RL prompts for grpo, prompt+response for sft)."""
+    """Training rows (RL prompts for grpo, prompt+response for sft): Parquet files, or in the layout
+    of `format`: also HF `save_to_disk` folders (`folder@split` picks a split), folders of Parquet
+    files, and .json/.jsonl files."""
     val_files: list[str] = field(default_factory=list)
-    """Parquet files of held-out prompts for validation accuracy."""
+    """Held-out prompts for validation accuracy (read like train_files, with the same `format`)."""
+    format: str = "ovlt"
+    """Row layout of the files above (ovlt_rl/data/formats.py): "ovlt" (ovlt's Parquet), "verl"
+    (verl's RL parquet: chat messages in `prompt_key`, reward_model.ground_truth), "easyr1" (EasyR1:
+    prompt text in `prompt_key`, answer in `answer_key`), "sharegpt" (sft: LLaMA-Factory's
+    "messages + images" JSON, the last message the response)."""
+    prompt_key: str = "prompt"
+    """Prompt column: chat messages (ovlt, verl: verl's data.prompt_key) or text with "<image>"
+    placeholders (easyr1: EasyR1's data.prompt_key, e.g. "problem")."""
+    answer_key: str = "answer"
+    """Ground-truth column of easyr1 rows (EasyR1's data.answer_key); sharegpt: optional, for val_files."""
+    image_key: str = "images"
+    """Image column (verl's and EasyR1's data.image_key): HF Image structs, bytes or paths, or a list of them."""
+    messages_key: str = "messages"
+    """Messages column of sharegpt rows (LLaMA-Factory: "messages", or "conversations" for from/value turns)."""
+    image_dir: str = ""
+    """Folder that relative image paths start from (EasyR1's data.image_dir, LLaMA-Factory's
+    media_dir); "" : the data file's folder."""
     prepare_recipe: str = ""
     """If set and a file above is missing, run `ovlt prepare` with this recipe into `prepare_dir` first (tiny recipes)."""
     prepare_dir: str = ""
@@ -245,7 +264,9 @@ class TrainerConfig:
     ray_num_cpus: int = 0
     """CPUs for a local Ray (0: all)."""
     save_hf: bool = True
-    """Write the final model in HF format to output_dir/hf."""
+    """Write the final model in HF format to output_dir/hf, in the training dtype (model.dtype)."""
+    hf_max_shard_size: str = "5GB"
+    """Largest safetensors shard of that HF folder (transformers' notation: "5GB", "500MB")."""
     allow_config_change: bool = False
     """Resume even when the config changes fields that alter the run's meaning (model, data,
     algorithm, lr, batch shapes; see ovlt_rl/config_change.py). Without it such a resume stops with
@@ -304,6 +325,12 @@ def _check(cond: bool, fieldname: str, msg: str) -> None:
         raise ConfigError(f"{fieldname}: {msg}")
 
 
+def _shard_size_ok(size: str) -> bool:
+    import re
+
+    return re.fullmatch(r"[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)", size) is not None
+
+
 def validate(cfg: Config, command: str) -> None:
     """Cross-field checks, run at start-up by every command before any work starts."""
     a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
@@ -344,8 +371,18 @@ def validate(cfg: Config, command: str) -> None:
     _check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
     _check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
     _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
+    _check(d.format in ("ovlt", "verl", "easyr1", "sharegpt"), "data.format",
+           f"unknown {d.format!r}; one of ovlt, verl, easyr1, sharegpt")
+    for key in ("prompt_key", "answer_key", "image_key", "messages_key"):
+        _check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
+    _check(not (command == "sft" and d.format == "easyr1"), "data.format",
+           "easyr1 rows have no response to learn; sft reads format=ovlt (a response column) or sharegpt")
+    _check(not (command == "grpo" and d.format == "sharegpt"), "data.format",
+           "sharegpt is an SFT layout; grpo reads format=ovlt, verl or easyr1")
     _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
     _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
+    _check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
+           f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
     for name in t.loggers:
         _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
     if command == "prepare":

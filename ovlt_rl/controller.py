@@ -206,8 +206,10 @@ def write_config(out: Path, cfg: Config) -> Path:
 def ensure_data(cfg: Config) -> None:
     """Tiny recipes name `data.prepare_recipe`: if their files are missing, make them first with the
     data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into `data.prepare_dir`."""
+    from ovlt_rl.data.formats import source_exists
+
     files = list(cfg.data.train_files) + list(cfg.data.val_files)
-    missing = [f for f in files if not Path(f).is_file()]
+    missing = [f for f in files if not source_exists(f)]
     if not cfg.data.prepare_recipe:
         if missing:
             raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
@@ -222,7 +224,7 @@ def ensure_data(cfg: Config) -> None:
         return
     log.info("data files missing (%s): running `ovlt prepare recipe=%s` into %s", ", ".join(missing), cfg.data.prepare_recipe, out)
     run_prepare(prep)
-    still = [f for f in files if not Path(f).is_file()]
+    still = [f for f in files if not source_exists(f)]
     if still:
         raise FileNotFoundError(f"data preparation in {out} did not produce {', '.join(still)}")
 
@@ -266,6 +268,7 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.train_files = [fix(f) for f in cfg.data.train_files]
     cfg.data.val_files = [fix(f) for f in cfg.data.val_files]
     cfg.data.prepare_dir = fix(cfg.data.prepare_dir)
+    cfg.data.image_dir = fix(cfg.data.image_dir)
     if cfg.model.path not in BUILTIN_MODELS and not cached_hub_model(cfg.model.path):
         cfg.model.path = fix(cfg.model.path)
 
@@ -341,10 +344,13 @@ def validate(run: Run, dataset, step: int, reward_fn) -> dict[str, float]:
 
 def _open_datasets(cfg: Config, processor, *, sft: bool):
     from ovlt_rl.data.dataset import PromptDataset, SFTDataset
+    from ovlt_rl.data.formats import DataFormat
     from ovlt_rl.data.items import Items
 
     d = cfg.data
-    common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix, max_bad_fraction=d.max_bad_fraction)
+    fmt = DataFormat(d.format, d.prompt_key, d.answer_key, d.image_key, d.messages_key, d.image_dir)
+    common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix,
+                  max_bad_fraction=d.max_bad_fraction, data_format=fmt)
     if sft:
         train = SFTDataset(list(d.train_files), processor, max_length=d.max_prompt_length + d.max_response_length, **common)
     else:

@@ -2,7 +2,10 @@
 
 `metrics.jsonl` has one JSON object per step with `step` and every metric of that step
 (validation steps add `val/accuracy`). On resume, lines past the resumed step are dropped first,
-so the file never holds two different histories of the same step.
+so the file never holds two different histories of the same step; TensorBoard's writer purges
+the events past it the same way (`purge_step`). wandb: the run's id is kept in
+`output_dir/wandb_run_id` (plain text, checked to be an id), so a resumed run logs to the same
+wandb run (`resume="allow"`), online or offline (`WANDB_MODE=offline`; `wandb sync` uploads it).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,8 @@ class Tracker:
         if "wandb" in loggers:
             import wandb  # optional; install it to use it
 
-            self.wandb = wandb.init(project=project, name=experiment or None, config=config, dir=str(self.dir), resume="allow")
+            self.wandb = wandb.init(project=project, name=experiment or None, config=config, dir=str(self.dir),
+                                    id=wandb_run_id(self.dir), resume="allow")
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True,
                         disable=False if "console" in loggers else True)
 
@@ -64,6 +70,24 @@ class Tracker:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+_RUN_ID = re.compile(r"[a-z0-9]{8,64}")
+
+
+def wandb_run_id(output_dir: Path) -> str:
+    """The wandb run id of this output folder: read from `wandb_run_id`, or made and written there."""
+    path = output_dir / "wandb_run_id"
+    if path.exists():
+        run_id = path.read_text().strip()
+        if not _RUN_ID.fullmatch(run_id):
+            raise ValueError(f"{path}: not a wandb run id ({run_id[:80]!r}); delete the file to start a new wandb run")
+        return run_id
+    run_id = uuid.uuid4().hex[:16]  # wandb's own generator moved between releases; any [a-z0-9] id works
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id
 
 
 def _jsonable(v: Any) -> Any:

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from ovlt_rl.data import schema
+from ovlt_rl.data.formats import DataFormat, read_source, source_exists
 from ovlt_rl.data.images import ImageError, check_image, fit_image, fitted_size, load_image
 from ovlt_rl.data.prompts import (
     chat_messages,
@@ -97,6 +98,7 @@ class _Rows:
         response_key: str | None,
         max_tokens: int,
         too_long_reason: str,
+        data_format: DataFormat,
     ):
         if isinstance(path_or_paths, (str, os.PathLike)):
             path_or_paths = [path_or_paths]
@@ -127,6 +129,7 @@ class _Rows:
         self.response_key = response_key
         self.max_tokens = int(max_tokens)
         self.too_long_reason = too_long_reason
+        self.data_format = data_format
         self.im_end_id = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.special = special_token_pattern(self.tokenizer)
         self.skipped: Counter = Counter()
@@ -141,9 +144,9 @@ class _Rows:
     # -- validation ---------------------------------------------------------------------------
 
     def _read_file(self, path: Path) -> None:
-        if not path.is_file():
+        if not source_exists(path):
             raise FileNotFoundError(f"data file not found: {path}")
-        rows = schema.read_rows(path)
+        rows = read_source(path, self.data_format)
         if not rows:
             log.warning("%s has no rows", path)
         skipped: Counter = Counter()
@@ -292,7 +295,8 @@ class PromptDataset:
 
     min_pixels/max_pixels default to the processor's bounds. `response_key`, if set, names a column
     whose text each item carries as `item["response"]` (rows without it are skipped as
-    missing_response), e.g. reference answers to compare against.
+    missing_response), e.g. reference answers to compare against. `data_format` reads verl's and
+    EasyR1's layouts (formats.py).
     """
 
     def __init__(
@@ -306,6 +310,7 @@ class PromptDataset:
         prompt_suffix: str | None = None,
         max_bad_fraction: float = 0.1,
         response_key: str | None = None,
+        data_format: DataFormat = DataFormat(),
     ):
         self._rows = _Rows(
             path_or_paths,
@@ -318,6 +323,7 @@ class PromptDataset:
             response_key=response_key,
             max_tokens=max_prompt_length,
             too_long_reason="prompt_too_long",
+            data_format=data_format,
         )
 
     @property
@@ -348,7 +354,8 @@ class SFTDataset:
     """SFT samples: prompt + assistant response, with `labels_mask` on the response (+ <|im_end|>).
 
     Samples longer than `max_length` tokens (prompt with image tokens + response + <|im_end|>) are
-    skipped and counted as too_long, never truncated.
+    skipped and counted as too_long, never truncated. `data_format` reads ShareGPT-style
+    "messages + images" files (formats.py).
     """
 
     def __init__(
@@ -361,6 +368,7 @@ class SFTDataset:
         max_length: int,
         prompt_suffix: str | None = None,
         max_bad_fraction: float = 0.1,
+        data_format: DataFormat = DataFormat(),
     ):
         self._rows = _Rows(
             path_or_paths,
@@ -373,6 +381,7 @@ class SFTDataset:
             response_key=None,
             max_tokens=max_length,
             too_long_reason="too_long",
+            data_format=data_format,
         )
 
     @property

@@ -385,7 +385,8 @@ class PolicyWorker:
         if self.rank == 0:
             from ovlt_rl.workers.export import save_hf_model
 
-            save_hf_model(self.model_path, sd, out_dir)
+            dtype = resolve_dtype(self.cfg.model.dtype, self.device)  # the training dtype
+            save_hf_model(self.model_path, sd, out_dir, dtype=dtype, max_shard_size=self.cfg.trainer.hf_max_shard_size)
             return out_dir
         return None
 

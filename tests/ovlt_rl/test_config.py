@@ -34,6 +34,10 @@ def test_defaults_and_overrides_are_typed():
         ([TRAIN, "reward.max_memory_mb=-1"], "reward.max_memory_mb"),
         ([TRAIN, "reward.max_processes=-5"], "reward.max_processes"),
         (["trainer.loggers=[console,carrier_pigeon]", TRAIN], "trainer.loggers"),
+        ([TRAIN, "data.format=alpaca"], "data.format"),
+        ([TRAIN, "data.format=sharegpt"], "data.format"),  # an SFT layout, no ground truths
+        ([TRAIN, "data.prompt_key="], "data.prompt_key"),
+        ([TRAIN, "data.image_key="], "data.image_key"),
         ([], "data.train_files"),
         (["recipe=does/not/exist"], "recipe=does/not/exist"),
         (["justakey"], "justakey"),
@@ -43,6 +47,12 @@ def test_bad_config_names_the_field(args, field):
     with pytest.raises(ConfigError) as e:
         load_config("grpo", args)
     assert field in str(e.value)
+
+
+def test_sft_refuses_the_easyr1_layout_which_has_no_responses():
+    with pytest.raises(ConfigError, match="data.format: easyr1 rows have no response"):
+        load_config("sft", [TRAIN, "data.format=easyr1"])
+    assert load_config("sft", [TRAIN, "data.format=sharegpt"]).data.format == "sharegpt"
 
 
 def test_reward_kwargs_take_any_keys_of_the_users_function():
