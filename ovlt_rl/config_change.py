@@ -35,6 +35,7 @@ HARMLESS_ON_RESUME: tuple[str, ...] = (
     "trainer.experiment",
     "trainer.num_val_generations_logged",
     "trainer.save_hf",
+    "trainer.hf_max_shard_size",  # how the final HF folder is split into files
     "trainer.output_dir",  # the folder may be moved
     "trainer.ray_address",
     "trainer.ray_num_cpus",
