@@ -91,6 +91,10 @@ class CheckpointManager:
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
+    def committed(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every committed checkpoint, oldest first, verified or not."""
+        return self._dirs()
+
     @staticmethod
     def is_valid(path: Path) -> tuple[bool, str]:
         """A checkpoint is valid when it is of the current format and its manifest lists files that

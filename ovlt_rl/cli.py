@@ -9,6 +9,8 @@
     ovlt cycle recipe=tiny [key=value ...]                     SFT -> GRPO -> self-improvement, K iterations
     ovlt eval [recipe=...] benchmark=NAME data=PATH [model=DIR | responses=FILE.jsonl]
     ovlt reward score fn=SPEC data=FILE.jsonl                  try a reward function on a JSONL file
+    ovlt export run=OUTPUT_DIR [step=N] [out=DIR] [dtype=auto|bf16|fp32] [force=true]
+                                                               a checkpoint as an HF model folder
     ovlt config COMMAND recipe=... [key=value ...]             print the resolved config and exit
 
 Every command takes `recipe=NAME` (recipes/NAME.yaml or recipes/NAME/COMMAND.yaml) and
@@ -77,6 +79,8 @@ def _dispatch(command: str, rest: list[str]) -> int:
         from reward.cli import main as reward_main
 
         return reward_main(rest)
+    if command == "export":
+        return _export(rest)
     if command == "config":
         if not rest:
             raise ConfigError("usage: ovlt config COMMAND recipe=... [key=value ...]")
@@ -144,6 +148,34 @@ def _prepare(rest: list[str]) -> int:
         run_prepare(load_config("prepare", _expand_aliases("prepare", args)))
         return 0
     raise ConfigError(f"ovlt prepare {what}: unknown; expected tiny-model, synthetic, convert, or recipe=... for the data pipeline")
+
+
+def _export(args: list[str]) -> int:
+    """ovlt export run=OUTPUT_DIR [step=N] [out=DIR] [dtype=auto|bf16|fp32] [force=true]"""
+    import logging
+
+    from ovlt_rl.checkpoint import CheckpointError
+    from ovlt_rl.checkpoint_export import export_checkpoint
+
+    opts = _kv(args, {"run": "a run's trainer.output_dir", "step": "int (default: the newest that verifies)",
+                      "out": "folder (default: RUN/export/step_N)", "dtype": "auto|bf16|fp32", "force": "bool"})
+    if "run" not in opts:
+        raise ConfigError("usage: ovlt export run=OUTPUT_DIR [step=N] [out=DIR] [dtype=auto|bf16|fp32] [force=true]")
+    step = opts.get("step")
+    if step is not None and not step.isdigit():
+        raise ConfigError(f"step={step!r}: expected a step number")
+    force = opts.get("force", "false").lower()
+    if force not in ("true", "false"):
+        raise ConfigError(f"force={force!r}: expected true or false")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        path = export_checkpoint(opts["run"], step=None if step is None else int(step), out=opts.get("out"),
+                                 dtype=opts.get("dtype", "auto"), force=force == "true")
+    except CheckpointError as e:
+        print(f"ovlt export: {e}", file=sys.stderr)
+        return 1
+    print(f"model: {path}")
+    return 0
 
 
 _CONVERT_KEYS = ("format", "prompt_key", "answer_key", "image_key", "messages_key", "image_dir")

@@ -394,8 +394,10 @@ class PolicyWorker:
         """Sharded model + optimizer state into `path` as safetensors + JSON (collective; see sharded_state)."""
         from ovlt_rl.workers.sharded_state import save_state
 
+        # The training dtype as resolved on this device (model.dtype=auto depends on it), for `ovlt export`.
+        dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_dtype(self.cfg.model.dtype, self.device)]
         save_state(path, self.policy, self.optimizer, self.rank, self.world,
-                   {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps})
+                   {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps, "dtype": dtype})
         dist.barrier()
 
     def load_checkpoint(self, path: str) -> dict[str, int]:

@@ -20,6 +20,7 @@ rank (8 ranks) would otherwise need 13 GB of extra host memory per rank while sa
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,7 @@ def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, ra
         os.replace(tmp, Path(path) / WORKER_STATE)
 
 
-def read_worker_state(path: str, world_size: int) -> dict[str, Any]:
-    """worker_state.json, checked: its format, and that it was written by as many ranks as now."""
+def _worker_state(path: str) -> dict[str, Any]:
     file = Path(path) / WORKER_STATE
     try:
         state = json.loads(file.read_text())
@@ -104,6 +104,12 @@ def read_worker_state(path: str, world_size: int) -> dict[str, Any]:
         raise ValueError(f"{file}: unreadable ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{file}: not an ovlt {FORMAT} worker state")
+    return state
+
+
+def read_worker_state(path: str, world_size: int) -> dict[str, Any]:
+    """worker_state.json, checked: its format, and that it was written by as many ranks as now."""
+    state = _worker_state(path)
     if state["world_size"] != world_size:
         raise ValueError(
             f"{path} was written by {state['world_size']} policy ranks and this run has {world_size} "
@@ -129,3 +135,38 @@ def load_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, wo
     set_state_dict(model, optimizer, model_state_dict=model_sd,
                    optim_state_dict={"state": tensors["optim"], "param_groups": groups})
     return state
+
+
+def read_full_model(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full (unsharded) model tensors of a checkpoint written by `save_state`, on CPU, under the
+    HF model's names (tied aliases restored), and worker_state.json: for an export in one process.
+
+    DCP's safetensors reader rebuilds each tensor's global shape from the shard offsets in the file
+    headers and `dcp.load(no_dist=True)` copies every rank's slice into one full-size tensor: no
+    process group, no optimizer state read, nothing but safetensors and JSON opened."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    state = _worker_state(path)
+    reader = HuggingFaceStorageReader(path)
+    metadata = reader.read_metadata()
+    # Keys are DCP's flattening of save_state's {"model": root wrapper's state dict}: "model." +
+    # "model." (the root wrapper) + the HF name.
+    wanted: dict[str, torch.Tensor] = {}
+    for key, md in metadata.state_dict_metadata.items():
+        if not key.startswith("model."):
+            continue  # "optim.*": not needed
+        covered = sum(math.prod(c.sizes) for c in md.chunks)  # ranks' shards are disjoint
+        if covered != math.prod(md.size):
+            raise ValueError(f"{path}: {key} has {covered} of its {math.prod(md.size)} elements in the shard files "
+                             f"(written by {state['world_size']} ranks): a rank's shard is missing")
+        wanted[key.removeprefix("model.")] = torch.empty(md.size, dtype=md.properties.dtype)
+    if not wanted:
+        raise ValueError(f"{path}: no model tensors in the shard files")
+    dcp.load({"model": wanted}, storage_reader=reader, no_dist=True)
+    for alias, first in state["tied"].items():
+        wanted[alias] = wanted[first]
+    bad = [k for k in wanted if not k.startswith("model.")]
+    if bad:
+        raise ValueError(f"{path}: unexpected tensor names {bad[:3]} (expected the policy's root wrapper's `model.` prefix)")
+    return {k.removeprefix("model."): v for k, v in wanted.items()}, state
