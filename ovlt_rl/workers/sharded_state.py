@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,9 @@ def read_full_model(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
         wanted[key.removeprefix("model.")] = torch.empty(md.size, dtype=md.properties.dtype)
     if not wanted:
         raise ValueError(f"{path}: no model tensors in the shard files")
-    dcp.load({"model": wanted}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "torch.distributed is ... uninitialized, assuming ... a single process": intended
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load({"model": wanted}, storage_reader=reader, no_dist=True)
     for alias, first in state["tied"].items():
         wanted[alias] = wanted[first]
     bad = [k for k in wanted if not k.startswith("model.")]
