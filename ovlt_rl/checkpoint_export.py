@@ -98,7 +98,7 @@ def export_checkpoint(run_dir: str | Path, *, step: int | None = None, out: str 
     from ovlt_rl.config import ConfigError
     from ovlt_rl.models.loading import resolve_model_path
     from ovlt_rl.models.paths import check_model_path
-    from ovlt_rl.workers.export import save_hf_model
+    from ovlt_rl.workers.export import StateDictMismatch, save_hf_model
     from ovlt_rl.workers.sharded_state import read_full_model
 
     if dtype not in DTYPES:
@@ -123,5 +123,9 @@ def export_checkpoint(run_dir: str | Path, *, step: int | None = None, out: str 
     name = training_dtype(cfg, worker_state, path / "config.yaml") if dtype == "auto" else dtype
     shard = _field(cfg, "trainer.hf_max_shard_size", path / "config.yaml")
     log.info("export %s (step %d, %d ranks) -> %s in %s", path, step, worker_state["world_size"], dest, name)
-    return save_hf_model(resolve_model_path(model), tensors, dest,
-                         dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[name], max_shard_size=shard)
+    try:
+        return save_hf_model(resolve_model_path(model), tensors, dest,
+                             dtype={"bf16": torch.bfloat16, "fp32": torch.float32}[name], max_shard_size=shard)
+    except StateDictMismatch as e:
+        raise CheckpointError(f"{path} (written by {worker_state['world_size']} ranks) does not fit its base model "
+                              f"{model}: is a rank's shard file missing? {e}") from None

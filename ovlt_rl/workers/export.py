@@ -16,6 +16,10 @@ from pathlib import Path
 import torch
 
 
+class StateDictMismatch(RuntimeError):
+    """The tensors are not those of the base model's architecture (names or shapes)."""
+
+
 def save_hf_model(
     base_path: str,
     state_dict: dict[str, torch.Tensor],
@@ -45,11 +49,16 @@ def save_hf_model(
     # Floating tensors in the export dtype (fp32 master weights of a bf16 run -> bf16); integer
     # buffers, if any, as they are.
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    expected = model.state_dict()
+    wrong = [f"{k} {list(v.shape)} vs {list(expected[k].shape)}" for k, v in state_dict.items()
+             if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        raise StateDictMismatch(f"export to {out}: tensor shapes differ from {base_path}'s ({'; '.join(wrong[:3])})")
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     # Tied LM head / embeddings appear under one name only.
     missing = [m for m in missing if not (config.get_text_config().tie_word_embeddings and m == "lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"export to {out}: state dict does not match {base_path} (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise StateDictMismatch(f"export to {out}: state dict does not match {base_path} (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.tie_weights()
     model.config.dtype = dtype  # config.json says what the shards hold
     model.save_pretrained(tmp, max_shard_size=max_shard_size)

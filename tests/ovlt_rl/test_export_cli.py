@@ -173,16 +173,24 @@ def test_a_pickle_format_checkpoint_is_refused_unopened(tmp_path, capsys):
     assert not (tmp_path / "run" / "export").exists()
 
 
-def test_a_missing_rank_is_refused_even_with_a_matching_manifest(runs, tmp_path, capsys):
+@pytest.mark.parametrize("rank,message", [
+    (1, "elements in the shard files (written by 2 ranks): a rank's shard is missing"),  # a gap at offset 0
+    (2, "(written by 2 ranks) does not fit its base model tiny: is a rank's shard file missing? "
+        "export to"),  # no gap: the tensors just end early, shorter than the model's
+])
+def test_a_missing_rank_is_refused_even_with_a_matching_manifest(runs, tmp_path, capsys, rank, message):
     run = tmp_path / "run"
     shutil.copytree(runs[2] / "checkpoints" / "step_000001", run / "checkpoints" / "step_000001")
     d = run / "checkpoints" / "step_000001"
     assert json.loads((d / "worker_state.json").read_text())["dtype"] == "bf16"  # recorded for export
-    name = "shard-00002-model-00001-of-00001.safetensors"
+    name = f"shard-0000{rank}-model-00001-of-00001.safetensors"
     (d / name).unlink()
     manifest = json.loads((d / "manifest.json").read_text())
     del manifest["files"][name]
     (d / "manifest.json").write_text(json.dumps(manifest))
     assert main(["export", f"run={run}"]) == 1
-    assert "elements in the shard files (written by 2 ranks): a rank's shard is missing" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    if rank == 2:
+        assert "tensor shapes differ from" in err
     assert not (run / "export").exists()
