@@ -4,7 +4,7 @@ Layout under `<output_dir>/checkpoints/`:
 
     step_000010/            a committed checkpoint
       shard-*.safetensors   sharded model + optimizer tensors (torch.distributed.checkpoint's
-                            safetensors storage: one file per rank, shard offsets in the JSON header)
+                            safetensors storage: each rank's shards in files of ~1 GB, offsets in the JSON headers)
       worker_state.json     optimizer hyper-parameters, tied-weight names, lr schedule position
       driver_state.json     step, data order position, counters
       config.yaml           the run's config when this checkpoint was written
@@ -25,8 +25,8 @@ Cost of the checksums (sha256 from hashlib; CRC32 would be ~4x faster, but sha25
 costs about as much as reading the files once): on the 2-core CPU machine (SHA-NI) a 1.6 GB
 checkpoint verifies in 0.91 s (1.77 GB/s, one file from the page cache) and then loads in 0.16 s;
 the tiny model's (18.5 MB) in ~15-30 ms. Files are hashed in parallel threads (hashlib releases the
-GIL), so a 7B checkpoint (~105 GB: bf16 weights 15 GB + fp32 optimizer state 90 GB; 8 rank files
-of ~13 GB) takes ~60 core-seconds: ~7.5 s on 8 cores when the storage delivers 14 GB/s, else as
+GIL), so a 7B checkpoint (~105 GB: bf16 weights 15 GB + fp32 optimizer state 90 GB; 8 ranks of
+~13 GB in ~1 GB files) takes ~60 core-seconds: ~7.5 s on 8 cores when the storage delivers 14 GB/s, else as
 long as the storage takes to read 105 GB (20-50 s at 2-5 GB/s).
 """
 
@@ -152,17 +152,20 @@ class CheckpointManager:
                 log.warning("checkpoint %s is not usable: %s", path, why)
         return self._verified[path][0]
 
-    def resume(self, load: Callable[[Path], Any]) -> tuple[int, Path] | None:
+    def resume(self, load: Callable[[Path], Any], fatal: tuple[type[BaseException], ...] = ()) -> tuple[int, Path] | None:
         """Load the newest checkpoint that verifies and loads with `load(path)`; when the newest
         fails either way, warn and fall back to the one before it. Checkpoints newer than the one
         loaded are then set aside. None when there are no checkpoints; raises if there are some but
-        none can be resumed (never a silent start from step 0)."""
+        none can be resumed (never a silent start from step 0). Exceptions of the `fatal` types
+        (e.g. a config refused for this checkpoint) are not load failures: they propagate."""
         for step, path in reversed(self._dirs()):
             if not self.verify(path):
                 continue
             try:
                 load(path)
-            except Exception as e:  # noqa: BLE001 - any load failure falls back to the previous checkpoint
+            except fatal:
+                raise
+            except Exception as e:  # noqa: BLE001 - any other load failure falls back to the previous checkpoint
                 why = f"failed to load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                 self._verified[path] = (False, why)
                 log.warning("checkpoint %s %s; falling back to the one before it", path, why)
@@ -201,7 +204,14 @@ class CheckpointManager:
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         files = {str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": d} for p, d in zip(paths, _sha256_all(paths))}
-        (tmp / "manifest.json").write_text(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
+        # The manifest commits the folder's content: durable before the folder is renamed into place
+        # (and older checkpoints are pruned), or a power loss could leave an empty one as the newest.
+        partial = tmp / "manifest.json.partial"
+        with open(partial, "w") as fh:
+            fh.write(json.dumps({"format": FORMAT, "step": step, "files": files}, indent=1))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, tmp / "manifest.json")
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step after a resume
             shutil.rmtree(final)
@@ -212,14 +222,15 @@ class CheckpointManager:
 
     def set_aside_newer(self, step: int) -> list[Path]:
         """After resuming from `step` because newer checkpoints failed: rename those to
-        `broken-step_N` (kept for inspection, never resumed or pruned) so that the run's new
-        checkpoints of the same steps don't mix with them."""
+        `broken-step_N` (`broken-step_N.K` if that name is taken; kept for inspection, never
+        resumed, pruned or deleted) so that the run's new checkpoints of the same steps don't mix
+        with them."""
         moved = []
         for s, path in self._dirs():
             if s > step:
-                dest = path.with_name(f"broken-{path.name}")
-                if dest.exists():
-                    shutil.rmtree(dest)
+                dest, k = path.with_name(f"broken-{path.name}"), 1
+                while dest.exists():
+                    dest, k = path.with_name(f"broken-{path.name}.{k}"), k + 1
                 os.replace(path, dest)
                 log.warning("set aside the unusable checkpoint %s as %s", path, dest)
                 moved.append(dest)

@@ -10,8 +10,11 @@ two different ones without anybody noticing. On resume the new config is compare
 - every other field of the tree is a "meaning" field: a change stops the run with an error naming
   the fields, unless `trainer.allow_config_change=true`, which lets it through with a warning.
 
-Fields that exist on only one side (the tree gained or lost a field between versions) are logged
-and not refused: the run that wrote the checkpoint used the field's default.
+A field the tree gained since the checkpoint was written counts as changed from its default: the
+run that wrote the checkpoint used the default, so a new value there is a change like any other
+(refused if it is a meaning field). A field the tree lost is logged. User dictionaries
+(`reward.kwargs`) are compared whole: a key added, removed or changed in them is a change of
+that field.
 """
 
 from __future__ import annotations
@@ -52,9 +55,26 @@ HARMLESS_ON_RESUME: tuple[str, ...] = (
     "rollout.check_logprob_sync",
     "rollout.vllm_enforce_eager",
     "rollout.cpu_kv_cache_gib",
+    "rollout.gpu_memory_utilization",
+    "rollout.enable_prefix_caching",
+    "rollout.weight_sync",  # how the same weights reach the rollout workers
     "data.val_batch_size",
+    # validation only: what is measured, not what is trained
+    "rollout.val_temperature",
+    "rollout.val_top_p",
+    "rollout.val_n",
+    "data.max_val_samples",
+    # limits and safety stops on reward code and the run: they stop or count, they don't change the maths
     "reward.num_workers",
     "reward.max_output_bytes",  # how much of reward code's output reaches the log
+    "reward.timeout",
+    "reward.max_memory_mb",
+    "reward.max_cpu_seconds",
+    "reward.max_file_size_mb",
+    "reward.max_processes",
+    "reward.isolate_network",
+    "reward.max_unscorable_fraction",
+    "actor.max_nonfinite_in_a_row",
     # sections that `ovlt sft` and `ovlt grpo` don't read
     "prepare",
     "eval",
@@ -66,8 +86,12 @@ class ConfigChangeRefused(ValueError):
     """A resume with a config whose meaning fields differ from the checkpoint's."""
 
 
+OPAQUE = ("reward.kwargs",)
+"""Dictionaries of the user's own keys: compared as one value."""
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
+    if isinstance(tree, dict) and tree and prefix[:-1] not in OPAQUE:
         out: dict[str, Any] = {}
         for k, v in tree.items():
             out.update(_flatten(v, f"{prefix}{k}."))
@@ -79,15 +103,24 @@ def _harmless(key: str) -> bool:
     return any(key == h or key.startswith(h + ".") for h in HARMLESS_ON_RESUME)
 
 
-def config_changes(saved: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
-    """(harmless changes, meaning changes, fields on one side only), each as 'key: old -> new'."""
-    a, b = _flatten(saved), _flatten(new)
+def config_changes(saved: dict[str, Any], new: dict[str, Any],
+                   defaults: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(harmless changes, meaning changes, fields the tree lost), each as 'key: old -> new'.
+
+    `defaults` is the config tree's defaults: what the saved run used for a field it did not have yet."""
+    a, b, d = _flatten(saved), _flatten(new), _flatten(defaults)
     harmless, meaning = [], []
-    for key in sorted(a.keys() & b.keys()):
-        if a[key] != b[key]:
-            (harmless if _harmless(key) else meaning).append(f"{key}: {a[key]!r} -> {b[key]!r}")
-    one_side = [f"{k} (only in the {'saved' if k in a else 'new'} config)" for k in sorted(a.keys() ^ b.keys())]
-    return harmless, meaning, one_side
+    for key in sorted(b):
+        if key in a:
+            old, note = a[key], ""
+        elif key in d:  # gained since the checkpoint was written
+            old, note = d[key], " (the default: the saved config predates this field)"
+        else:
+            raise KeyError(f"{key}: in the config but not in the config tree's defaults")
+        if old != b[key]:
+            (harmless if _harmless(key) else meaning).append(f"{key}: {old!r} -> {b[key]!r}{note}")
+    lost = [f"{k} (only in the saved config)" for k in sorted(a.keys() - b.keys())]
+    return harmless, meaning, lost
 
 
 def check_resume_config(saved_yaml: Path, cfg: Any) -> list[str]:
@@ -108,7 +141,8 @@ def check_resume_config(saved_yaml: Path, cfg: Any) -> list[str]:
     if not isinstance(saved, dict):
         raise ConfigChangeRefused(f"{saved_yaml}: not a config (a {type(saved).__name__})")
     new = OmegaConf.to_container(OmegaConf.structured(cfg))
-    harmless, meaning, one_side = config_changes(saved, new)
+    defaults = OmegaConf.to_container(OmegaConf.structured(type(cfg)))
+    harmless, meaning, one_side = config_changes(saved, new, defaults)
     for line in harmless:
         log.info("resume: config changed (allowed): %s", line)
     for line in one_side:

@@ -137,19 +137,28 @@ class Run:
         """Load the newest checkpoint that verifies and loads (falling back to the one before it,
         with a warning, when it doesn't), if any: (step to continue after, non-finite streak).
         Then the run really starts: config.yaml is written."""
+        from ovlt_rl.config_change import ConfigChangeRefused, check_resume_config
+
         loaded: dict[str, Any] = {}
 
         def load(path: Path) -> None:
+            # The config check again, for the checkpoint really loaded (the early one in __init__
+            # saw the newest that verifies; a fallback may land on an older one).
+            check_resume_config(path / "config.yaml", self.cfg)
             state = self.ckpt.driver_state(path)
             self.policy.call("load_checkpoint", str(path))
-            sampler.load_state_dict(state["sampler"])
-            # Rows whose images failed to decode before the checkpoint keep counting against
-            # data.max_bad_fraction (checkpoints written before decode skips existed have none).
-            train.load_state_dict(state.get("decode_failures", []))
             loaded.update(state)
 
         t0 = time.perf_counter()
-        found = self.ckpt.resume(load)  # raises if checkpoints exist but none can be resumed
+        # raises if checkpoints exist but none can be resumed; a refused config is no load failure
+        found = self.ckpt.resume(load, fatal=(ConfigChangeRefused,))
+        if found is not None:  # outside the fallback: a data error here is the run's, not the checkpoint's
+            sampler.load_state_dict(loaded["sampler"])
+            # Rows whose images failed to decode before the checkpoint keep counting against
+            # data.max_bad_fraction; checkpoints written before decode skips existed have none.
+            if "decode_failures" not in loaded:
+                log.warning("resume: %s predates decode-failure counts; counting from none", found[1])
+            train.load_state_dict(loaded["decode_failures"] if "decode_failures" in loaded else [])
         load_s = time.perf_counter() - t0
         write_config(self.out, self.cfg)
         if found is None:
@@ -565,10 +574,14 @@ def run_grpo(cfg: Config) -> Path:
                                             "decode_failures": train.state_dict()})
 
         run.save_final_model(tracker)
-    finally:
-        tracker.close()
-        reward_fn.close()
-        run.shutdown()
+    finally:  # each closes even when one before it raises (workers and the output lock must not leak)
+        try:
+            tracker.close()
+        finally:
+            try:
+                reward_fn.close()
+            finally:
+                run.shutdown()
     return run.out
 
 
@@ -674,9 +687,13 @@ def run_sft(cfg: Config) -> Path:
                 run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
                                             "decode_failures": train.state_dict()})
         run.save_final_model(tracker)
-    finally:
-        tracker.close()
-        if reward_fn is not None:
-            reward_fn.close()
-        run.shutdown()
+    finally:  # each closes even when one before it raises (workers and the output lock must not leak)
+        try:
+            tracker.close()
+        finally:
+            try:
+                if reward_fn is not None:
+                    reward_fn.close()
+            finally:
+                run.shutdown()
     return run.out

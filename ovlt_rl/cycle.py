@@ -23,17 +23,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ovlt_rl.checkpoint import file_sha256
 from ovlt_rl.config import Config, load_config, to_yaml
 
 log = logging.getLogger("ovlt.cycle")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pick(recipes: list[str], i: int) -> str:

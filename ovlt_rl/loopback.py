@@ -24,6 +24,8 @@ LOOPBACK_ENV = {
     "NO_PROXY": "127.0.0.1,localhost,::1",
     "GLOO_SOCKET_IFNAME": "lo",
     "NCCL_SOCKET_IFNAME": "lo",
+    # vLLM builds its workers' rendezvous address from the machine's outward IP unless this is set.
+    "VLLM_HOST_IP": "127.0.0.1",
 }
 
 

@@ -157,10 +157,18 @@ def _ground_truth(value: Any, where: str) -> str | None:
     raise FormatError(f"{where}: the ground truth must be a string or a number (ovlt's rewards get strings), got {type(value).__name__}")
 
 
-def _extra_info(value: Any) -> dict[str, Any]:
+def _extra_info(value: Any, where: str) -> dict[str, Any]:
+    """verl's extra_info: a struct, or a JSON object as text; anything else names the row."""
     if isinstance(value, str):
-        return json.loads(value) if value else {}
-    return dict(value or {})
+        try:
+            value = json.loads(value) if value else {}
+        except json.JSONDecodeError as e:
+            raise FormatError(f"{where}: extra_info is not valid JSON ({e})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: extra_info must be an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:
@@ -188,7 +196,7 @@ def _convert(row: dict[str, Any], fmt: DataFormat, base: Path, source: str, wher
             "images": images,
             "ability": row.get("ability") or "",
             "reward_model": {"style": rm.get("style") or "rule", "ground_truth": _ground_truth(rm.get("ground_truth"), where)},
-            "extra_info": _extra_info(row.get("extra_info")),
+            "extra_info": _extra_info(row.get("extra_info"), where),
         }
         if "response" in row:
             out["response"] = row["response"]

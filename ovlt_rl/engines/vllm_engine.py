@@ -244,8 +244,11 @@ class VLLMEngine:
             for bucket in buckets(items, self.bucket_bytes):
                 self.llm.collective_rpc("ovlt_stage_weights", args=(pack_bucket(bucket, seen),))
             n, how = self.llm.collective_rpc("ovlt_commit_weights")[0]
-        except BaseException:
-            self.llm.collective_rpc("ovlt_discard_staged")
+        except BaseException as e:
+            try:  # free what was staged; the original error is the one to report
+                self.llm.collective_rpc("ovlt_discard_staged")
+            except Exception as cleanup:  # noqa: BLE001
+                log.error("vLLM engine: discarding staged weights after %s failed too: %s", type(e).__name__, cleanup)
             raise
         log.debug("vLLM engine: loaded %d tensors with %s", n, how)
         self.reset_caches()

@@ -162,3 +162,32 @@ def test_a_manifest_naming_files_outside_the_checkpoint_is_invalid(tmp_path):
     manifest["files"]["../../secret"] = {"size": 1, "sha256": "0" * 64}
     (p / "manifest.json").write_text(json.dumps(manifest))
     assert CheckpointManager.is_valid(p) == (False, "unreadable manifest.json (bad entry '../../secret')")
+
+
+def test_a_fatal_error_is_not_a_load_failure_and_nothing_is_set_aside(tmp_path):
+    """A refusal (e.g. the config check) stops the resume: no fallback to an older checkpoint."""
+    m = CheckpointManager(tmp_path / "ck", keep=3)
+    for s in (1, 2):
+        m.save(s, _writer(b"x" * s), {"step": s})
+
+    class Refused(ValueError):
+        pass
+
+    def load(path):
+        raise Refused(f"no: {path.name}")
+
+    with pytest.raises(Refused, match="step_000002"):
+        m.resume(load, fatal=(Refused,))
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step_000001", "step_000002"]
+
+
+def test_setting_aside_twice_keeps_both_broken_checkpoints(tmp_path):
+    m = CheckpointManager(tmp_path / "ck", keep=3)
+    m.save(1, _writer(b"a"), {"step": 1})
+    for payload in (b"first", b"second"):
+        m.save(2, _writer(payload), {"step": 2})
+        assert m.set_aside_newer(1)
+    kept = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert kept == ["broken-step_000002", "broken-step_000002.1", "step_000001"]
+    assert {(tmp_path / "ck" / k / "shard.bin").read_bytes() for k in kept[:2]} == {b"first", b"second"}
+    assert not list((tmp_path / "ck").rglob("*.partial"))

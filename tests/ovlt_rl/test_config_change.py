@@ -25,13 +25,29 @@ def test_changes_are_sorted_into_harmless_and_meaning(tmp_path):
     old = _tree(_cfg(tmp_path))
     new = _tree(_cfg(tmp_path, "actor.lr=5e-4", "trainer.total_steps=99", "trainer.save_every=3",
                      "actor.micro_batch_size=8", "data.rollout_batch_size=1000", "prepare.seed=9"))
-    del old["trainer"]["allow_config_change"]  # a field the older version didn't have
-    harmless, meaning, one_side = config_changes(old, new)
+    del old["trainer"]["allow_config_change"]  # a field the older version didn't have (new: its default)
+    old["trainer"]["retired_knob"] = 3  # a field this version no longer has
+    harmless, meaning, one_side = config_changes(old, new, _tree(_cfg(tmp_path)))
     a, d, t = old["actor"], old["data"], old["trainer"]
     assert meaning == [f"actor.lr: {a['lr']!r} -> 0.0005", f"data.rollout_batch_size: {d['rollout_batch_size']} -> 1000"]
     assert harmless == [f"actor.micro_batch_size: {a['micro_batch_size']} -> 8", f"prepare.seed: {old['prepare']['seed']} -> 9",
                         f"trainer.save_every: {t['save_every']} -> 3", f"trainer.total_steps: {t['total_steps']} -> 99"]
-    assert one_side == ["trainer.allow_config_change (only in the new config)"]
+    assert one_side == ["trainer.retired_knob (only in the saved config)"]
+
+
+def test_new_fields_and_user_kwargs_are_compared_too(tmp_path):
+    """A field the saved config predates counts from its default; reward.kwargs is one value."""
+    defaults = _tree(_cfg(tmp_path))
+    old = _tree(_cfg(tmp_path, "reward.kwargs.format_weight=0.1"))
+    del old["data"]["format"]  # the saved run predates data.format: it read ovlt's own layout
+    new = _tree(_cfg(tmp_path, "reward.kwargs.format_weight=0.5", "data.format=sharegpt"))
+    harmless, meaning, lost = config_changes(old, new, defaults)
+    assert harmless == [] and lost == []
+    assert meaning == [f"data.format: {defaults['data']['format']!r} -> 'sharegpt' (the default: the saved config predates this field)",
+                       "reward.kwargs: {'format_weight': 0.1} -> {'format_weight': 0.5}"]
+    # A kwarg added or removed is a change of the field as well.
+    _, meaning, _ = config_changes(_tree(_cfg(tmp_path)), old, defaults)
+    assert meaning == ["reward.kwargs: {} -> {'format_weight': 0.1}"]
 
 
 def _checkpoint_with_config(out, cfg):
@@ -84,3 +100,11 @@ def test_write_config_keeps_earlier_configs(tmp_path):
     assert (tmp_path / "config.1.yaml").read_text() == to_yaml(first)
     assert (tmp_path / "config.2.yaml").read_text() == to_yaml(second)
     assert (tmp_path / "config.yaml").read_text() == to_yaml(first)
+
+
+def test_every_harmless_entry_names_a_field_of_the_tree(tmp_path):
+    from ovlt_rl.config_change import HARMLESS_ON_RESUME, _flatten
+
+    keys = set(_flatten(_tree(_cfg(tmp_path))))
+    for entry in HARMLESS_ON_RESUME:
+        assert any(k == entry or k.startswith(entry + ".") for k in keys), entry

@@ -86,6 +86,18 @@ def test_verl_parquet_with_struct_extra_info_and_renamed_columns(tmp_path, tiny_
     assert PromptDataset(plain, tiny_processor, max_prompt_length=200)[0]["extra_info"]["answer"] == "2"
 
 
+def test_extra_info_as_bad_json_text_is_an_error_naming_the_row(tmp_path, png_bytes):
+    rows = verl_rows([png_bytes()] * 2, ["1", "2"])
+    for r, text in zip(rows, ['{"answer": "1"}', '{"answer": ']):
+        r["extra_info"] = text  # verl datasets written as JSON text
+    path = write_verl_parquet(rows, tmp_path / "ei.parquet")
+    with pytest.raises(FormatError, match=r"ei.parquet row 1: extra_info is not valid JSON"):
+        read_source(path, DataFormat("verl"))
+    rows[1]["extra_info"] = "[1, 2]"
+    with pytest.raises(FormatError, match=r"ei2.parquet row 1: extra_info must be an object, got list"):
+        read_source(write_verl_parquet(rows, tmp_path / "ei2.parquet"), DataFormat("verl"))
+
+
 def test_verl_list_ground_truth_is_an_error_naming_the_row(tmp_path, png_bytes):
     rows = verl_rows([png_bytes()] * 2, ["1", "2"])
     rows[1]["reward_model"] = {"style": "rule", "ground_truth": ["2"]}
