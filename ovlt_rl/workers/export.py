@@ -45,7 +45,7 @@ def save_hf_model(
     shutil.rmtree(tmp, ignore_errors=True)
     config = AutoConfig.from_pretrained(base_path)
     with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=dtype)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     # Floating tensors in the export dtype (fp32 master weights of a bf16 run -> bf16); integer
     # buffers, if any, as they are.
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
