@@ -34,13 +34,14 @@ log = logging.getLogger("ovlt")
 # Shared set-up
 
 
-def weight_sync_mode(cfg: Config, policy_device: str) -> str:
+def weight_sync_mode(cfg: Config, policy_device: str, engine: str) -> str:
     """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync).
 
+    `engine` is the one the rollout workers built ("hf" or "vllm"; rollout.engine=auto resolved).
     nccl with the vLLM engine only when asked for (rollout.weight_sync=nccl): its receiving side
     (ovlt_rl/engines/vllm_weights.py) has not run on GPUs yet, so "auto" keeps the object store."""
     r = cfg.rollout
-    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0 and r.engine in ("hf", "vllm")
+    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0
     # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
     # (fractional gpus_per_worker) go through the object store.
     whole_gpus = r.gpus_per_worker >= 1 and cfg.actor.gpus_per_worker >= 1
@@ -48,14 +49,14 @@ def weight_sync_mode(cfg: Config, policy_device: str) -> str:
         raise ValueError("rollout.weight_sync=nccl needs the policy and the rollout engine (hf or vllm) on GPUs of their own "
                          "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
     if r.weight_sync == "auto":
-        return "nccl" if on_gpu and whole_gpus and r.engine == "hf" else "object_store"
+        return "nccl" if on_gpu and whole_gpus and engine == "hf" else "object_store"
     return r.weight_sync
 
 
-def sync_ranks(cfg: Config, n_rollout_workers: int) -> tuple[list[int], int]:
+def sync_ranks(cfg: Config, n_rollout_workers: int, engine: str) -> tuple[list[int], int]:
     """NCCL weight-sync ranks: each rollout worker's first rank and the world size. Policy rank 0
     is rank 0; an hf worker takes one rank, a vLLM worker one per tensor-parallel worker."""
-    per = cfg.rollout.tensor_parallel_size if cfg.rollout.engine == "vllm" else 1
+    per = cfg.rollout.tensor_parallel_size if engine == "vllm" else 1
     return [1 + i * per for i in range(n_rollout_workers)], 1 + n_rollout_workers * per
 
 
@@ -103,12 +104,12 @@ class Run:
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
-        self.sync_mode = weight_sync_mode(self.cfg, info["device"]) if with_rollout else None
+        self.sync_mode = weight_sync_mode(self.cfg, info["device"], self.rollout.engine) if with_rollout else None
         if self.sync_mode == "nccl":
             import ray
 
             host, port = self.policy.free_port()
-            first, world = sync_ranks(cfg, len(self.rollout.workers))
+            first, world = sync_ranks(cfg, len(self.rollout.workers), self.rollout.engine)
             ray.get([self.policy.workers[0].init_weight_sync.remote(host, port, world)]
                     + [w.init_weight_sync.remote(host, port, first[i], world) for i, w in enumerate(self.rollout.workers)]
                     + [w.init_weight_sync.remote(host, port, world) for w in self.policy.workers[1:]])

@@ -62,6 +62,8 @@ class HFEngine:
     GPUs (None: eager; rollout.hf_decode_compile). `micro_batch_size` sequences are generated at once.
     """
 
+    NAME = "hf"
+
     def __init__(
         self,
         model_path: str,

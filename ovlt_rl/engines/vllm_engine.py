@@ -186,6 +186,8 @@ def engine_kwargs(cfg, model_path: str, cpu: bool, available: set[str]) -> dict[
 class VLLMEngine:
     """An offline `vllm.LLM` configured from the ovlt config tree."""
 
+    NAME = "vllm"
+
     def __init__(self, cfg, model_path: str, *, bucket_bytes: int = BUCKET_BYTES):
         from vllm import LLM
         from vllm.engine.arg_utils import EngineArgs

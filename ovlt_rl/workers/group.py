@@ -175,7 +175,12 @@ class RolloutGroup:
             ).remote(cfg, model_path)
             for i in range(n)
         ]
-        ray.get([w.ready.remote() for w in self.workers])
+        built = set(ray.get([w.ready.remote() for w in self.workers]))
+        if len(built) != 1:
+            raise RuntimeError(f"rollout workers built different engines {sorted(built)} (rollout.engine=auto "
+                               "on nodes with and without vLLM): install the same packages on every node")
+        self.engine = built.pop()
+        """The engine the workers built ("hf" or "vllm"), what rollout.engine=auto resolved to."""
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         """Groups of `params.n` generations, in prompt order, prompts spread over the workers."""

@@ -47,5 +47,6 @@ class RolloutWorker:
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return self.engine.compute_logprobs(prompts, responses)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The engine this worker built ("hf" or "vllm"): with rollout.engine=auto, what auto chose."""
+        return self.engine.NAME

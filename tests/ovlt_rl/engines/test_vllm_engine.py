@@ -147,9 +147,9 @@ def test_sync_ranks_give_each_vllm_tp_worker_a_rank():
     from ovlt_rl.controller import sync_ranks
 
     cfg = Config()
-    assert sync_ranks(cfg, 2) == ([1, 2], 3)  # hf: one rank per rollout worker
+    assert sync_ranks(cfg, 2, "hf") == ([1, 2], 3)  # hf: one rank per rollout worker
     cfg.rollout.engine, cfg.rollout.tensor_parallel_size = "vllm", 2
-    assert sync_ranks(cfg, 2) == ([1, 3], 5)
+    assert sync_ranks(cfg, 2, "vllm") == ([1, 3], 5)
 
 
 def test_pack_bucket_round_trips_and_copies_tied_weights():
