@@ -194,7 +194,7 @@ def _convert(args: list[str]) -> int:
     from data_prep.convert import convert
     from ovlt_rl.data.formats import DataFormat
 
-    path, n = convert(opts["src"], opts["out"], DataFormat(d.format, d.prompt_key, d.answer_key, d.image_key, d.messages_key, d.image_dir))
+    path, n = convert(opts["src"], opts["out"], DataFormat.from_config(d))
     print(f"{n} rows: {path}")
     return 0
 

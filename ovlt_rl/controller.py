@@ -197,6 +197,20 @@ class Run:
             self.lock.release()
 
 
+def _close(run: "Run", reward_fn, tracker=None) -> None:
+    """Release what a run holds, each even when one before it raises (workers and the output
+    folder's lock must not leak): the tracker, the reward workers, then Ray's workers and the lock."""
+    try:
+        if tracker is not None:
+            tracker.close()
+    finally:
+        try:
+            if reward_fn is not None:
+                reward_fn.close()
+        finally:
+            run.shutdown()
+
+
 def write_config(out: Path, cfg: Config) -> Path:
     """Write `out/config.yaml` (once the run really starts); an earlier, different one is kept as
     config.N.yaml (N = 1, 2, ... in the order the runs started)."""
@@ -358,7 +372,7 @@ def _open_datasets(cfg: Config, processor, *, sft: bool):
     from ovlt_rl.data.items import Items
 
     d = cfg.data
-    fmt = DataFormat(d.format, d.prompt_key, d.answer_key, d.image_key, d.messages_key, d.image_dir)
+    fmt = DataFormat.from_config(d)
     common = dict(min_pixels=d.min_pixels, max_pixels=d.max_pixels, prompt_suffix=d.prompt_suffix,
                   max_bad_fraction=d.max_bad_fraction, data_format=fmt)
     if sft:
@@ -409,9 +423,7 @@ def run_grpo(cfg: Config) -> Path:
         start_step, nonfinite_in_a_row = run.resume(sampler, train)
         tracker = run.tracker(total_steps, start_step, "grpo")
     except BaseException:
-        if reward_fn is not None:
-            reward_fn.close()
-        run.shutdown()
+        _close(run, reward_fn)
         raise
     try:
         if start_step == 0 and val is not None and cfg.trainer.val_before_train:
@@ -575,14 +587,8 @@ def run_grpo(cfg: Config) -> Path:
                                             "decode_failures": train.state_dict()})
 
         run.save_final_model(tracker)
-    finally:  # each closes even when one before it raises (workers and the output lock must not leak)
-        try:
-            tracker.close()
-        finally:
-            try:
-                reward_fn.close()
-            finally:
-                run.shutdown()
+    finally:
+        _close(run, reward_fn, tracker)
     return run.out
 
 
@@ -644,9 +650,7 @@ def run_sft(cfg: Config) -> Path:
         start_step, nonfinite_in_a_row = run.resume(sampler, train)
         tracker = run.tracker(total_steps, start_step, "sft")
     except BaseException:
-        if reward_fn is not None:
-            reward_fn.close()
-        run.shutdown()
+        _close(run, reward_fn)
         raise
     world = run.policy.world_size
     try:
@@ -688,13 +692,6 @@ def run_sft(cfg: Config) -> Path:
                 run.save_checkpoint(step, {"step": step, "sampler": sampler.state_dict(), "nonfinite_in_a_row": nonfinite_in_a_row,
                                             "decode_failures": train.state_dict()})
         run.save_final_model(tracker)
-    finally:  # each closes even when one before it raises (workers and the output lock must not leak)
-        try:
-            tracker.close()
-        finally:
-            try:
-                if reward_fn is not None:
-                    reward_fn.close()
-            finally:
-                run.shutdown()
+    finally:
+        _close(run, reward_fn, tracker)
     return run.out

@@ -61,6 +61,11 @@ class DataFormat:
     messages_key: str = "messages"
     image_dir: str = ""
 
+    @classmethod
+    def from_config(cls, d) -> "DataFormat":
+        """From the data section of the config tree (DataConfig)."""
+        return cls(d.format, d.prompt_key, d.answer_key, d.image_key, d.messages_key, d.image_dir)
+
     def __post_init__(self):
         if self.name not in FORMATS:
             raise FormatError(f"unknown data format {self.name!r}; one of {', '.join(FORMATS)}")
