@@ -278,9 +278,6 @@ class VLLMEngine:
         self.reset_caches()
         return n
 
-    def weights_checksum(self) -> float:
-        return self.llm.collective_rpc("ovlt_weights_checksum")[0]
-
     # -- sleep mode (colocated) ------------------------------------------------------------
 
     def sleep(self) -> None:

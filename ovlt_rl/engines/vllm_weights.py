@@ -156,9 +156,6 @@ class OvltWorkerExtension:
         load_into_worker(self, staged)
         return len(staged)
 
-    def ovlt_weights_checksum(self) -> float:
-        return float(sum(p.float().sum().item() for p in self.model_runner.model.parameters()))
-
 
 def hf_weight_specs(model_path: str) -> list[tuple[str, torch.Size]]:
     """(name, shape) of the HF Qwen2.5-VL model's state dict, in its order: what the policy's

@@ -17,7 +17,6 @@ from ovlt_rl.engines import vllm_weights as vw
 from ovlt_rl.engines.base import SamplingParams
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not importable")
 
 
 # -- feature detection --------------------------------------------------------------------
