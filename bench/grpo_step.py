@@ -1,7 +1,9 @@
 """Whole GRPO step benchmark: the time breakdown of real GRPO steps (ovlt's controller, Ray
-workers, FSDP2 policy + reference, hf rollout engine, reward, NCCL weight sync) and tokens/s/GPU.
+workers, FSDP2 policy + reference, hf or vLLM rollout engine, reward, weight sync) and tokens/s/GPU.
 
     python bench/grpo_step.py --model 7b --policy-gpus 2 --rollout-gpus 2 --prompts 16 --steps 2
+    python bench/grpo_step.py --model 3b --policy-gpus 1 --rollout-gpus 1 --gpus-per-worker 0.5 --engine vllm \
+        --extra rollout.gpu_memory_utilization=0.3      # one GPU, colocated
 
 The paper's GRPO settings scaled to the machine: n=5 samples per prompt, temperature 1.0, top-p
 0.99, images of 504x504 (324 image tokens, the 262144-pixel budget), KL loss (low_var_kl, 1e-2)
@@ -108,7 +110,7 @@ def overrides(args, model_dir: str, data: Path, out: Path) -> list[str]:
         f"model.path={model_dir}", f"model.dtype={'bf16' if gpu else 'fp32'}", "model.gradient_checkpointing=true",
         f"data.train_files=[{data}]", f"data.max_pixels={args.image_size ** 2}", "data.max_prompt_length=2048",
         f"data.max_response_length={args.max_response}", f"data.rollout_batch_size={args.prompts}",
-        f"rollout.n={args.n}", "rollout.temperature=1.0", "rollout.top_p=0.99", f"rollout.num_workers={args.rollout_gpus}",
+        f"rollout.engine={args.engine}", f"rollout.n={args.n}", "rollout.temperature=1.0", "rollout.top_p=0.99", f"rollout.num_workers={args.rollout_gpus}",
         f"rollout.gpus_per_worker={args.gpus_per_worker if gpu else 0}", f"rollout.micro_batch_size={samples}",
         f"actor.num_workers={args.policy_gpus}", f"actor.gpus_per_worker={args.gpus_per_worker if gpu else 0}",
         f"actor.global_batch_size={per_update}", f"actor.micro_batch_size={per_update // args.policy_gpus}",
@@ -137,7 +139,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16384, help="actor.max_tokens_per_micro_batch")
     ap.add_argument("--image-size", type=int, default=504)
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--gpus-per-worker", type=float, default=1.0, help="< 1 shares GPUs (smoke runs)")
+    ap.add_argument("--gpus-per-worker", type=float, default=1.0,
+                    help="< 1 shares GPUs: 0.5 with one policy and one rollout worker is the colocated one-GPU step")
+    ap.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="rollout.engine (vllm colocated: sleep mode, CUDA IPC sync)")
     ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides")
     ap.add_argument("--workdir", default="/tmp/ovlt-bench/grpo_step")
     ap.add_argument("--no-record", action="store_true")
@@ -190,7 +194,7 @@ def main() -> None:
                    "policy_gpus": args.policy_gpus, "rollout_gpus": args.rollout_gpus, "prompts_per_step": args.prompts,
                    "n": args.n, "max_response_tokens": args.max_response, "updates_per_step": 4,
                    "max_tokens_per_micro_batch": args.max_tokens, "image": f"{args.image_size}x{args.image_size}",
-                   "rollout_engine": "hf", "kl_loss": "low_var_kl 1e-2", "steps": args.steps},
+                   "rollout_engine": args.engine, "gpus_per_worker": args.gpus_per_worker, "kl_loss": "low_var_kl 1e-2", "steps": args.steps},
            figures={"seconds": last["seconds"], "tokens_per_s_per_gpu": last["tokens_per_s_per_gpu"],
                     "breakdown_s": {p: last[f"{p}_s"] for p in PHASES + ["other"]}, "tokens_per_step": last["tokens"],
                     "response_length_mean": last["response_length_mean"], "steps": per_step},

@@ -130,6 +130,10 @@ class RolloutConfig:
     vllm_enforce_eager: bool = False
     """vLLM: run eagerly (no torch.compile, no CUDA graphs): starts ~45 s sooner on a 2-core CPU
     but steps more slowly; for tests and short runs."""
+    vllm_sleep_level: int = 1
+    """vLLM sharing its GPU with the policy (0 < gpus_per_worker < 1) sleeps before the policy's
+    phases: 1 moves its weights to CPU memory and back, 2 drops them (the weight sync that follows
+    rewrites every weight; saves a copy each way). Either frees the KV cache."""
     cpu_kv_cache_gib: float = 1.0
     """vLLM on CPU: KV cache size in GiB (there vLLM would read gpu_memory_utilization as a share of RAM)."""
     enable_prefix_caching: bool = True
@@ -138,8 +142,10 @@ class RolloutConfig:
     seed: int = 0
     weight_sync: str = "auto"
     """"object_store" (full state dict through Ray; CPU and any engine), "nccl" (bucketed broadcast
-    from policy rank 0 over an NCCL group; GPU, hf engine), or "auto" (nccl when both sides are on GPU
-    with the hf engine)."""
+    from policy rank 0 over an NCCL group; GPUs of their own), "ipc" (vLLM sharing the policy's GPU:
+    the policy packs the weights into a GPU buffer that vLLM opens through CUDA IPC and loads), or
+    "auto" (nccl for the hf engine on GPUs of its own, ipc for a colocated vLLM that supports it,
+    else object_store)."""
     check_logprob_sync: bool = True
     """After each weight sync, compare rollout and policy log-probs of the same tokens (metric sync/logprob_mae)."""
 
@@ -422,7 +428,8 @@ def validate(cfg: Config, command: str) -> None:
             "actor.global_batch_size",
             f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
         )
-        _check(r.weight_sync in ("auto", "object_store", "nccl"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
+        _check(r.weight_sync in ("auto", "object_store", "nccl", "ipc"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
+        _check(r.vllm_sleep_level in (1, 2), "rollout.vllm_sleep_level", f"must be 1 or 2, got {r.vllm_sleep_level!r}")
         _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
         _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")

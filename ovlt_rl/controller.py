@@ -34,22 +34,29 @@ log = logging.getLogger("ovlt")
 # Shared set-up
 
 
-def weight_sync_mode(cfg: Config, policy_device: str, engine: str) -> str:
-    """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync).
+def weight_sync_mode(cfg: Config, policy_device: str, engine: str, *, can_ipc: bool) -> str:
+    """How the policy's weights reach the rollout workers: "object_store", "nccl" or "ipc" (see rollout.weight_sync).
 
-    `engine` is the one the rollout workers built ("hf" or "vllm"; rollout.engine=auto resolved).
-    nccl with the vLLM engine only when asked for (rollout.weight_sync=nccl): its receiving side
-    (ovlt_rl/engines/vllm_weights.py) has not run on GPUs yet, so "auto" keeps the object store."""
+    `engine` is the one the rollout workers built ("hf" or "vllm"; rollout.engine=auto resolved) and
+    `can_ipc` whether they take the CUDA IPC hand-over (a vLLM sharing the policy's GPU, with vLLM's
+    weight transfer; RolloutWorker.can_ipc). nccl with the vLLM engine only when asked for
+    (rollout.weight_sync=nccl): its receiving side (ovlt_rl/engines/vllm_weights.py) has not run on
+    GPUs yet, so "auto" keeps the object store there."""
     r = cfg.rollout
     on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0
     # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
-    # (fractional gpus_per_worker) go through the object store.
+    # (fractional gpus_per_worker) go through the object store, or CUDA IPC with vLLM.
     whole_gpus = r.gpus_per_worker >= 1 and cfg.actor.gpus_per_worker >= 1
     if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
         raise ValueError("rollout.weight_sync=nccl needs the policy and the rollout engine (hf or vllm) on GPUs of their own "
                          "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
+    if r.weight_sync == "ipc" and not (on_gpu and can_ipc):
+        raise ValueError("rollout.weight_sync=ipc needs rollout.engine=vllm sharing the policy's GPU (0 < rollout.gpus_per_worker < 1, "
+                         "actor.gpus_per_worker < 1, trainer.device not cpu) and a vLLM with weight_transfer_config (0.22 has it)")
     if r.weight_sync == "auto":
-        return "nccl" if on_gpu and whole_gpus and engine == "hf" else "object_store"
+        if on_gpu and whole_gpus and engine == "hf":
+            return "nccl"
+        return "ipc" if on_gpu and can_ipc else "object_store"
     return r.weight_sync
 
 
@@ -104,7 +111,11 @@ class Run:
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
-        self.sync_mode = weight_sync_mode(self.cfg, info["device"], self.rollout.engine) if with_rollout else None
+        from ovlt_rl.workers.policy import resolve_dtype
+
+        self.policy_dtype = resolve_dtype(cfg.model.dtype, torch.device(info["device"]))  # what the weights are sent as
+        self.sync_mode = (weight_sync_mode(self.cfg, info["device"], self.rollout.engine, can_ipc=self.rollout.can_ipc())
+                          if with_rollout else None)
         if self.sync_mode == "nccl":
             import ray
 
@@ -128,11 +139,29 @@ class Run:
         if self.sync_mode == "nccl":
             ray.get([w.send_weights.remote(self.cfg.model.dtype) for w in self.policy.workers]
                     + [w.receive_weights.remote() for w in self.rollout.workers])
+        elif self.sync_mode == "ipc":
+            self._sync_ipc()
         else:
             refs = [w.full_state_dict.remote() for w in self.policy.workers]  # a collective: every rank
             self.rollout.load_weights(refs[0])
             ray.get(refs[1:])
         return time.perf_counter() - t0
+
+    def _sync_ipc(self) -> None:
+        """Colocated vLLM: each chunk of the weights is packed on the policy's GPU (every rank, in
+        step: the all-gathers are collectives) and loaded by vLLM from there through CUDA IPC; the
+        next chunk is packed only after vLLM has read the buffer (ovlt_rl/workers/ipc_sync.py)."""
+        import ray
+
+        from ovlt_rl.workers.ipc_sync import merge_chunks
+        from ovlt_rl.workers.weight_sync import DEFAULT_BUCKET_BYTES
+
+        dtype = str(self.policy_dtype).removeprefix("torch.")
+        self.rollout.start_ipc_update()
+        ray.get([w.ipc_begin.remote(dtype, DEFAULT_BUCKET_BYTES) for w in self.policy.workers])
+        while (chunk := merge_chunks(ray.get([w.ipc_next.remote() for w in self.policy.workers]))) is not None:
+            self.rollout.ipc_update(chunk)
+        self.rollout.finish_ipc_update()
 
     def resume(self, sampler, train) -> tuple[int, int]:
         """Load the newest checkpoint that verifies and loads (falling back to the one before it,
@@ -497,7 +526,9 @@ def run_grpo(cfg: Config) -> Path:
                     s["advantages"] = s["loss_mask"] * float(adv[gi * r.n + j])
                     samples.append(s)
 
-            # 5. old and reference log-probs (each rank computes its share)
+            # 5. old and reference log-probs (each rank computes its share). A vLLM engine sharing
+            # the policy's GPU sleeps until the weight sync (step 7) wakes it.
+            run.rollout.sleep()
             world = run.policy.world_size
             shares = split_for_ranks(samples, world)
 

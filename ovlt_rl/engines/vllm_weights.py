@@ -18,6 +18,11 @@ with `llm.collective_rpc("ovlt_stage_weights", args=(blob,))`; after the last bu
   vLLM builds without that `reload_weights` (feature-detected by its `weights_iterator`
   argument) get `model.load_weights`, which loads fused shards independently.
 
+Colocated on a GPU (policy and vLLM share it) the weights do not leave the GPU: `ovlt_ipc_update`
+receives a chunk's CUDA IPC handle as plain values (cuda_ipc.py) and passes it to vLLM's own IPC
+weight transfer, inside the worker's `start_weight_update` / `finish_weight_update` (vLLM's
+layer-wise reload, which joins fused layers across chunks).
+
 `OvltWorkerExtension` is mixed into every vLLM worker (`worker_extension_cls`); its methods run
 there. Names carry an `ovlt_` prefix: vLLM refuses extension attributes that clash with the worker's.
 """
@@ -155,6 +160,22 @@ class OvltWorkerExtension:
             staged += [(specs[i][0], piece) for i, piece in zip(bucket, _split(flat, shapes))]
         load_into_worker(self, staged)
         return len(staged)
+
+
+    def ovlt_ipc_update(self, chunk: dict) -> int:
+        """Load one chunk of the colocated policy's weights from its CUDA IPC buffer (same GPU).
+
+        `chunk` (ovlt_rl.workers.ipc_sync) names the tensors packed in the buffer and carries the
+        buffer's handle per physical GPU as plain values (engines/cuda_ipc.py). vLLM's own IPC
+        receiver opens it, copies the tensors out and loads them layer by layer; the caller wraps
+        the chunks in `start_weight_update` / `finish_weight_update`, so fused layers may span chunks."""
+        from ovlt_rl.engines.cuda_ipc import rebuild_args
+
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        handles = {uuid: rebuild_args(described, index) for uuid, described in chunk["handles"].items()}
+        self.update_weights({"names": chunk["names"], "dtype_names": chunk["dtype_names"], "shapes": chunk["shapes"],
+                             "tensor_sizes": chunk["tensor_sizes"], "packed": True, "ipc_handles": handles})
+        return len(chunk["names"])
 
 
 def hf_weight_specs(model_path: str) -> list[tuple[str, torch.Size]]:

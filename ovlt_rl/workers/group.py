@@ -204,6 +204,22 @@ class RolloutGroup:
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return ray.get(self.workers[0].compute_logprobs.remote(prompts, responses))
 
+    def sleep(self) -> None:
+        """Colocated vLLM engines free the GPU for the policy's phases (no-op otherwise)."""
+        ray.get([w.sleep.remote() for w in self.workers])
+
+    def can_ipc(self) -> bool:
+        return all(ray.get([w.can_ipc.remote() for w in self.workers]))
+
+    def start_ipc_update(self) -> None:
+        ray.get([w.start_ipc_update.remote() for w in self.workers])
+
+    def ipc_update(self, chunk: dict[str, Any]) -> None:
+        ray.get([w.ipc_update.remote(chunk) for w in self.workers])
+
+    def finish_ipc_update(self) -> None:
+        ray.get([w.finish_ipc_update.remote() for w in self.workers])
+
     def shutdown(self) -> None:
         for w in self.workers:
             ray.kill(w)

@@ -379,6 +379,19 @@ class PolicyWorker:
         dtype = resolve_dtype(dtype_name, self.device)
         return send_weights(self.sync_pg, self.policy.model, self.rank, dtype, self.device)
 
+    def ipc_begin(self, dtype_name: str, bucket_bytes: int) -> None:
+        """Start a colocated weight sync (every rank): chunks come from `ipc_next` (ovlt_rl/workers/ipc_sync.py)."""
+        from ovlt_rl.workers.ipc_sync import weight_chunks
+
+        self._ipc_chunks = weight_chunks(self.policy.model, getattr(torch, dtype_name), self.device, bucket_bytes)
+
+    def ipc_next(self) -> dict[str, Any] | None:
+        """The next chunk's description, after vLLM has read the previous one; None at the end."""
+        chunk = next(self._ipc_chunks, None)
+        if chunk is None:
+            self._ipc_chunks = None
+        return chunk
+
     def save_hf(self, out_dir: str) -> str | None:
         """Write the model in HF format (rank 0 writes; collective)."""
         sd = self.full_state_dict()

@@ -44,6 +44,24 @@ class RolloutWorker:
         model = self.engine.model
         return receive_weights(self.sync_pg, model, next(model.parameters()).dtype, self.device)
 
+    def sleep(self) -> None:
+        """Colocated vLLM: give the GPU to the policy (a no-op for other engines and placements)."""
+        if hasattr(self.engine, "sleep"):
+            self.engine.sleep()
+
+    def can_ipc(self) -> bool:
+        """Whether this engine takes the colocated CUDA IPC weight sync (a vLLM sharing the policy's GPU)."""
+        return bool(getattr(self.engine, "ipc", False))
+
+    def start_ipc_update(self) -> None:
+        self.engine.start_ipc_update()
+
+    def ipc_update(self, chunk: dict[str, Any]) -> int:
+        return self.engine.ipc_update(chunk)
+
+    def finish_ipc_update(self) -> None:
+        self.engine.finish_ipc_update()
+
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return self.engine.compute_logprobs(prompts, responses)
 

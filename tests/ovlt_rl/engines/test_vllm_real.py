@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from ovlt_rl.engines.base import SamplingParams
+from tests.ovlt_rl.engines.vllm_checks import engine_config, max_diff as _max_diff, perturbed as _perturbed
 
 pytestmark = pytest.mark.vllm
 
@@ -51,17 +52,10 @@ def items(model_path, image_row, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(model_path):
-    from ovlt_rl.config import Config
     from ovlt_rl.engines import make_engine
     from ovlt_rl.engines.vllm_engine import VLLMEngine
 
-    cfg = Config()
-    cfg.rollout.engine = "vllm"
-    cfg.model.dtype = "fp32"
-    cfg.data.max_prompt_length, cfg.data.max_response_length = 256, 64
-    cfg.rollout.cpu_kv_cache_gib = 0.5
-    cfg.rollout.vllm_enforce_eager = True  # skips ~45 s of torch.compile warm-up on 2 cores
-    cfg.rollout.gpu_memory_utilization = 0.3  # GPUs only
+    cfg = engine_config()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # see the module docstring
         eng = make_engine(cfg, model_path, torch.device("cpu"))
@@ -104,11 +98,6 @@ def _sampling_logprobs(model, prompts, responses, pad_id, forbidden, temperature
         rows = lp[i, p - 1 : p - 1 + len(rsp)]  # the logits at t-1 predict token t
         out.append(rows.gather(1, torch.tensor(rsp).unsqueeze(1)).squeeze(1).tolist())
     return out
-
-
-def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
-    assert [len(x) for x in a] == [len(y) for y in b]
-    return max(abs(x - y) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -169,18 +158,6 @@ def test_seeds_reproduce_with_192_sequences(engine, many_items):
     assert sum(len(g) for g in a) == 192
     assert ids(a) == ids(b)
     assert ids(a) != ids(c)
-
-
-def _perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Other weights of the same model: each tensor times (1 + 0.3 noise), tied tensors kept tied."""
-    g = torch.Generator().manual_seed(seed)
-    out, done = {}, {}
-    for name, t in state.items():
-        key = t.data_ptr()
-        if key not in done:
-            done[key] = t * (1 + 0.3 * torch.randn(t.shape, generator=g))
-        out[name] = done[key]
-    return out
 
 
 def test_weight_update_then_generation_follows_the_new_weights(engine, items, model_path):
