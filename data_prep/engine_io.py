@@ -99,22 +99,16 @@ class TextPromptMaker:
         return items, index
 
 
-def is_vision_model(path: str) -> bool:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(path).model_type == "qwen2_5_vl"
-
-
 def load_engine(cfg, model_path: str, prompt_suffix: str | None = None):
     """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path`, and the prompt maker
     for it: PromptMaker with the training image bounds (cfg.data) for Qwen2.5-VL folders,
     TextPromptMaker for text-only models."""
     from ovlt_rl.engines import make_engine
-    from ovlt_rl.models.loading import load_processor, resolve_model_path
+    from ovlt_rl.models.loading import is_vision_language, load_processor, resolve_model_path
 
     path = resolve_model_path(model_path)
     engine = make_engine(cfg, path, device_of(cfg.prepare.device))
-    if is_vision_model(path):
+    if is_vision_language(path):
         processor = load_processor(path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
         return engine, PromptMaker(processor, cfg.data, prompt_suffix)
     from transformers import AutoTokenizer

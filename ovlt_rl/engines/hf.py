@@ -77,16 +77,28 @@ class HFEngine:
         fast_decode: str | bool = "auto",
         decode_compile: str | None = "inductor",
     ):
-        from ovlt_rl.models.loading import load_model, load_processor
+        from ovlt_rl.models.loading import is_vision_language, load_model, load_processor, load_text_model
 
         self.device = torch.device(device)
-        self.processor = processor if processor is not None else load_processor(model_path)
-        self.tokenizer = self.processor.tokenizer
-        self.model = model if model is not None else load_model(
-            model_path, dtype=dtype, device=self.device, attn_implementation=attn_implementation
-        )
+        # A text-only model (e.g. data preparation's reasoner): its tokenizer, transformers' generate.
+        self.vision = model is not None or is_vision_language(model_path)
+        if not self.vision:
+            from transformers import AutoTokenizer
+
+            if str(fast_decode).lower() == "on":
+                raise ValueError(f"rollout.hf_fast_decode=on: the fast path is for Qwen2.5-VL models; {model_path} is text-only")
+            fast_decode = "off"
+            self.processor = None
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            self.model = load_text_model(model_path, dtype=dtype, device=self.device, attn_implementation=attn_implementation)
+        else:
+            self.processor = processor if processor is not None else load_processor(model_path)
+            self.tokenizer = self.processor.tokenizer
+            self.model = model if model is not None else load_model(
+                model_path, dtype=dtype, device=self.device, attn_implementation=attn_implementation
+            )
         self.model.eval()
-        if self.model.model.visual.config._attn_implementation == "sdpa":
+        if self.vision and self.model.model.visual.config._attn_implementation == "sdpa":
             # The vision tower's windows in one or a few attention calls per layer instead of one
             # SDPA call per window (the same numbers); the fast path's prefill already did this.
             use_window_attention(self.model)
@@ -120,6 +132,8 @@ class HFEngine:
         if self.fast is not None:
             return self._generate_chunk_fast(prompts, params)
         inputs = batch_prompts(prompts, self.pad_id, self.device)
+        if not self.vision:
+            inputs.pop("mm_token_type_ids", None)  # Qwen2.5-VL's mRoPE input; generate refuses unknown inputs
         greedy = params.temperature <= 0 or params.top_k == 1
         kwargs: dict[str, Any] = dict(
             max_new_tokens=params.max_new_tokens,

@@ -48,6 +48,7 @@ import torch
 
 from ovlt_rl.engines.base import Generation, SamplingParams, forbidden_token_ids
 from ovlt_rl.engines.vllm_weights import BUCKET_BYTES, buckets, pack_bucket
+from ovlt_rl.models.loading import is_vision_language
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +166,15 @@ def engine_kwargs(cfg, model_path: str, cpu: bool, available: set[str]) -> dict[
         enforce_eager=r.vllm_enforce_eager,
         gpu_memory_utilization=r.gpu_memory_utilization,
         enable_prefix_caching=r.enable_prefix_caching,
-        limit_mm_per_prompt={"image": r.limit_images_per_prompt},
-        mm_processor_kwargs={"min_pixels": d.min_pixels, "max_pixels": d.max_pixels},
         max_model_len=max_len,
         seed=r.seed,
         logprobs_mode="processed_logprobs",  # after temperature/top-p: the sampling distribution
         worker_extension_cls=EXTENSION,
         enable_sleep_mode=0 < r.gpus_per_worker < 1 and not cpu,
     )
+    if is_vision_language(model_path):  # a text-only model (data preparation's reasoner) takes no image settings
+        kw.update(limit_mm_per_prompt={"image": r.limit_images_per_prompt},
+                  mm_processor_kwargs={"min_pixels": d.min_pixels, "max_pixels": d.max_pixels})
     if cpu:
         optional = dict(
             kv_cache_memory_bytes=int(r.cpu_kv_cache_gib * (1 << 30)),

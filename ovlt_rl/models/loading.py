@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGene
 
 from ovlt_rl.models.processor import ImageOnlyQwen2_5_VLProcessor, torchvision_usable
 
-from ovlt_rl.models.paths import BUILTIN_MODELS, TINY, TINY_PRETRAINED, cached_hub_model  # noqa: F401 (re-exported)
+from ovlt_rl.models.paths import BUILTIN_MODELS, TINY, TINY_PRETRAINED, TINY_REASONER, cached_hub_model  # noqa: F401 (re-exported)
 
 TINY_PRETRAINED_DIR = Path(__file__).parent / "tiny_pretrained"
 
@@ -55,10 +55,16 @@ def _corpus_fingerprint(seed: int) -> str:
 
 def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:
     """Build the tiny model into `target` unless it is there; safe with concurrent callers."""
-    if (target / "config.json").exists():
-        return target
     from ovlt_rl.models.tiny import build_tiny_model  # noqa: PLC0415
 
+    return _build_once(target, lambda: build_tiny_model(target, seed=seed, log=log))
+
+
+def _build_once(target: Path, build) -> Path:
+    """Run `build()` (which writes `target` through a temporary folder) unless `target` is built;
+    safe with concurrent callers."""
+    if (target / "config.json").exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f".{target.name}.lock")):
         # Another process may have built it while we waited for the lock.
@@ -66,19 +72,36 @@ def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:
             # Temporary folders of builds that died: nobody else builds while we hold the lock.
             for stale in target.parent.glob(f".{target.name}.tmp-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            build_tiny_model(target, seed=seed, log=log)
+            build()
     return target
+
+
+def tiny_reasoner_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the tiny text reasoner lives in the cache (built from the shipped tiny-pretrained on first use)."""
+    from ovlt_rl.models.tiny_reasoner import TINY_REASONER_BUILDER_VERSION, build_tiny_reasoner, source_fingerprint  # noqa: PLC0415
+
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    source = Path(_tiny_pretrained_dir())
+    target = cache / f"tiny-reasoner-v{TINY_REASONER_BUILDER_VERSION}-{source_fingerprint(source)[:12]}"
+    return _build_once(target, lambda: build_tiny_reasoner(target, source))
+
+
+def _tiny_pretrained_dir() -> str:
+    if not (TINY_PRETRAINED_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(f"the tiny-pretrained model is missing from {TINY_PRETRAINED_DIR}: reinstall ovlt")
+    return str(TINY_PRETRAINED_DIR)
 
 
 def resolve_model_path(path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """`path` itself; for "tiny" the cached tiny model's folder (built if missing); for
-    "tiny-pretrained" the folder shipped in the package."""
+    "tiny-pretrained" the folder shipped in the package; for "tiny-reasoner" the cached text-only
+    model made from it (built if missing)."""
     if path == TINY:
         return str(ensure_tiny_model(tiny_model_dir(cache_dir)))
     if path == TINY_PRETRAINED:
-        if not (TINY_PRETRAINED_DIR / "model.safetensors").is_file():
-            raise FileNotFoundError(f"the tiny-pretrained model is missing from {TINY_PRETRAINED_DIR}: reinstall ovlt")
-        return str(TINY_PRETRAINED_DIR)
+        return _tiny_pretrained_dir()
+    if path == TINY_REASONER:
+        return str(tiny_reasoner_dir(cache_dir))
     # A Hub id already in the local cache (ovlt_rl/models/paths.py): its snapshot folder, so that
     # every worker reads the same files and nothing asks the Hub.
     return cached_hub_model(path) or path
@@ -135,6 +158,20 @@ def load_model(
         path, config=config, dtype=dtype, attn_implementation=attn_implementation
     )
     return model.to(device)
+
+
+def is_vision_language(path: str) -> bool:
+    """Whether the model folder (or built-in name) holds a Qwen2.5-VL model (else a text-only one)."""
+    return AutoConfig.from_pretrained(resolve_model_path(path)).model_type == "qwen2_5_vl"
+
+
+def load_text_model(path: str, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                    attn_implementation: str = "sdpa"):
+    """A text-only causal LM (`AutoModelForCausalLM`), e.g. data preparation's reasoner or "tiny-reasoner"."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation).to(device)
 
 
 def enable_gradient_checkpointing(model) -> None:

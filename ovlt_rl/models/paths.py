@@ -3,7 +3,8 @@
 A model setting (model.path, eval's model=, the captioner, reasoner, sampler and difficulty
 models of data preparation) names one of:
 - a local Hugging Face folder, i.e. one with config.json;
-- "tiny" (the offline tiny model, built into the cache on first use) or "tiny-pretrained" (shipped);
+- "tiny" (the offline tiny model, built into the cache on first use), "tiny-pretrained" (shipped) or
+  "tiny-reasoner" (tiny-pretrained's decoder as a text-only model, built into the cache on first use);
 - a Hugging Face Hub id (`org/name`) whose files are already in the local Hugging Face cache.
 
 Runs never download a model: the machines this is built on are offline, and on a cluster every
@@ -19,7 +20,9 @@ from ovlt_rl.config import ConfigError
 
 TINY = "tiny"
 TINY_PRETRAINED = "tiny-pretrained"
-BUILTIN_MODELS = (TINY, TINY_PRETRAINED)
+TINY_REASONER = "tiny-reasoner"
+"""tiny-pretrained's decoder as a text-only Qwen2 model (ovlt_rl/models/tiny_reasoner.py), built on first use."""
+BUILTIN_MODELS = (TINY, TINY_PRETRAINED, TINY_REASONER)
 
 
 def cached_hub_model(value: str) -> str | None:
@@ -41,7 +44,7 @@ def check_model_path(value: str, field: str) -> None:
     if value in BUILTIN_MODELS:
         return
     if not value:
-        raise ConfigError(f"{field}: no model given (a folder with config.json, tiny, tiny-pretrained or a cached Hub id)")
+        raise ConfigError(f"{field}: no model given (a folder with config.json, tiny, tiny-pretrained, tiny-reasoner or a cached Hub id)")
     p = Path(value).expanduser()
     if p.is_dir():
         if (p / "config.json").is_file():
@@ -61,7 +64,7 @@ def check_model_path(value: str, field: str) -> None:
         )
     raise ConfigError(
         f"{field}={value!r}: no such folder ({p.resolve()}); give a Hugging Face model folder (with config.json), "
-        f"tiny, tiny-pretrained, or a Hub id already in the local cache (runs do not download models)"
+        f"tiny, tiny-pretrained, tiny-reasoner, or a Hub id already in the local cache (runs do not download models)"
     )
 
 

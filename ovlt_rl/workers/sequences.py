@@ -98,7 +98,9 @@ def hidden_states(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor
     per-sample positions and no mask, from which transformers finds the sample boundaries.
     """
     backbone, _ = _model_parts(model)
-    kwargs = {"input_ids": batch["input_ids"], "mm_token_type_ids": batch["mm_token_type_ids"], "use_cache": False}
+    kwargs = {"input_ids": batch["input_ids"], "use_cache": False}
+    if hasattr(backbone, "visual"):  # Qwen2.5-VL (a text-only model, e.g. a reasoner, has no mRoPE types)
+        kwargs["mm_token_type_ids"] = batch["mm_token_type_ids"]
     if "position_ids" in batch:
         kwargs["position_ids"] = batch["position_ids"]
     else:
