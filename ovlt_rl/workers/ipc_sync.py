@@ -45,6 +45,9 @@ def weight_chunks(hf_module: torch.nn.Module, dtype: torch.dtype, device: torch.
                "tensor_sizes": chunk.tensor_sizes, "handles": {u: describe(a) for u, a in chunk.ipc_handle.items()}}
     torch.cuda.synchronize(device)
     torch.cuda.ipc_collect()  # release the buffer's IPC bookkeeping once the receiver has let go
+    # The policy's cached-but-free blocks (the update's activations, this buffer) go back to the
+    # device: vLLM, waking up next on this GPU, allocates its KV cache outside torch's cache.
+    torch.cuda.empty_cache()
 
 
 def merge_chunks(chunks: list[dict[str, Any] | None]) -> dict[str, Any] | None:
