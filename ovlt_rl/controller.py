@@ -100,7 +100,7 @@ class Run:
         cfg = self.cfg
         init_ray(cfg, cfg.actor.num_workers + (cfg.rollout.num_workers if with_rollout else 0) + 1)
         self.policy = PolicyGroup(cfg, self.model_path)
-        info = self.policy.call("setup", total_opt_steps)[0]
+        info = self.policy.setup(total_opt_steps=total_opt_steps)
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
@@ -147,7 +147,7 @@ class Run:
             # saw the newest that verifies; a fallback may land on an older one).
             check_resume_config(path / "config.yaml", self.cfg)
             state = self.ckpt.driver_state(path)
-            self.policy.call("load_checkpoint", str(path))
+            self.policy.load_checkpoint(str(path))
             loaded.update(state)
 
         t0 = time.perf_counter()
@@ -180,11 +180,11 @@ class Run:
 
     def save_final_model(self, tracker) -> None:
         if self.cfg.trainer.save_hf:
-            self.policy.call("save_hf", str(self.out / "hf"))
+            self.policy.save_hf(str(self.out / "hf"), max_shard_size=self.cfg.trainer.hf_max_shard_size)
             tracker.write(f"model: {self.out / 'hf'}")
 
     def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:
-        return self.ckpt.save(step, lambda d: self.policy.call("save_checkpoint", d), driver_state,
+        return self.ckpt.save(step, self.policy.save_checkpoint, driver_state,
                               extra_files={"config.yaml": to_yaml(self.cfg)})
 
     def shutdown(self) -> None:
@@ -295,11 +295,6 @@ def absolute_paths(cfg: Config) -> None:
     cfg.data.image_dir = fix(cfg.data.image_dir)
     if cfg.model.path not in BUILTIN_MODELS and not cached_hub_model(cfg.model.path):
         cfg.model.path = fix(cfg.model.path)
-
-
-def split_for_ranks(samples: list[Any], world: int) -> list[list[Any]]:
-    """Deal samples to ranks round-robin (equal counts when world divides len(samples))."""
-    return [samples[r::world] for r in range(world)]
 
 
 def sampling_params(cfg: Config, *, validation: bool, seed: int | None) -> SamplingParams:
@@ -499,16 +494,14 @@ def run_grpo(cfg: Config) -> Path:
 
             # 5. old and reference log-probs (each rank computes its share)
             world = run.policy.world_size
-            shares = split_for_ranks(samples, world)
 
             def attach_logprobs(which: str, key: str) -> None:
                 t0 = time.perf_counter()
                 # At the sampling temperature, so the update is on-policy for the samples (token_logprobs).
-                lps = run.policy.call_split("compute_logprobs", shares, which, a.micro_batch_size, r.temperature)
+                lps = run.policy.compute_logprobs(samples, which=which, micro_batch_size=a.micro_batch_size, temperature=r.temperature)
                 timing[f"timing/{key}_s"] = time.perf_counter() - t0
-                for share, share_lps in zip(shares, lps):
-                    for s, lp in zip(share, share_lps):
-                        s[key + "s"] = lp
+                for s, lp in zip(samples, lps):
+                    s[key + "s"] = lp
 
             # With one update per rollout batch the policy still has the weights that sampled, so
             # update_policy takes the old log-probs from its own forward pass (detached) instead.
@@ -527,7 +520,7 @@ def run_grpo(cfg: Config) -> Path:
                     mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in mb_samples], batch_first=True)
                     mask[:, 0] = 0
                     denom = loss_denominator(mask, a.loss_agg_mode)
-                    results = run.policy.call_split("update_policy", split_for_ranks(mb_samples, world), float(max(1, denom)), r.temperature)
+                    results = run.policy.update_policy(mb_samples, denominator=float(max(1, denom)), temperature=r.temperature)
                     for res in results:
                         for k, v in res.items():
                             sums[k] = sums.get(k, 0.0) + v
@@ -598,8 +591,8 @@ def _logprob_agreement(run: Run, prompts: list[dict], responses: list[list[int]]
 
     rollout_lps = run.rollout.compute_logprobs(prompts, responses)
     samples = [make_sample(p, rsp) for p, rsp in zip(prompts, responses)]
-    # Every rank must run the forward (FSDP collectives): give each rank the same samples.
-    policy_lps = run.policy.call_split("compute_logprobs", [samples] * run.policy.world_size, "policy", micro)[0]
+    # Temperature 1 on both sides: the engines' teacher-forced log-probs are the model's own distribution.
+    policy_lps = run.policy.compute_logprobs(samples, which="policy", micro_batch_size=micro, temperature=1.0)
     diffs = []
     for p, rl, pl in zip(prompts, rollout_lps, policy_lps):
         pl = pl[len(p["input_ids"]) :]
@@ -612,19 +605,9 @@ def _logprob_agreement(run: Run, prompts: list[dict], responses: list[list[int]]
 
 
 def _val_loss(run: Run, samples: list[dict]) -> float:
-    """Token-mean NLL of held-out SFT samples (each rank scores its share)."""
-    world = run.policy.world_size
-    # Every rank needs the same number of forwards (FSDP collectives): pad the shares with repeats.
-    shares = split_for_ranks(samples, world)
-    longest = max(len(s) for s in shares)
-    weights = [[1.0] * len(s) + [0.0] * (longest - len(s)) for s in shares]
-    shares = [s + [s[0]] * (longest - len(s)) if s else [samples[0]] * longest for s in shares]
-    total = count = 0.0
-    for share, w, (nll, n) in zip(shares, weights, run.policy.call_split("eval_nll_per_sample", shares)):
-        for wi, (a, b) in zip(w, zip(nll, n)):
-            total += wi * a
-            count += wi * b
-    return total / max(1.0, count)
+    """Token-mean NLL of held-out SFT samples."""
+    per_sample = run.policy.eval_nll_per_sample(samples)
+    return sum(nll for nll, _ in per_sample) / max(1.0, sum(count for _, count in per_sample))
 
 
 def run_sft(cfg: Config) -> Path:
@@ -652,7 +635,6 @@ def run_sft(cfg: Config) -> Path:
     except BaseException:
         _close(run, reward_fn)
         raise
-    world = run.policy.world_size
     try:
         if start_step == 0 and with_val and cfg.trainer.val_before_train:
             tracker.log(0, validate(run, val, 0, reward_fn))
@@ -663,7 +645,7 @@ def run_sft(cfg: Config) -> Path:
             mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
             mask[:, 0] = 0
             denom = float(max(1, int(mask.sum())))
-            results = run.policy.call_split("sft_step", split_for_ranks(samples, world), denom)
+            results = run.policy.sft_step(samples, denominator=denom)
             skipped = int(results[0]["sft/skipped"])
             nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
             if nonfinite_in_a_row >= a.max_nonfinite_in_a_row:
