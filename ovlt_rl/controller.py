@@ -34,32 +34,6 @@ log = logging.getLogger("ovlt")
 # Shared set-up
 
 
-def weight_sync_mode(cfg: Config, policy_device: str, engine: str) -> str:
-    """How the policy's weights reach the rollout workers: "object_store" or "nccl" (see rollout.weight_sync).
-
-    `engine` is the one the rollout workers built ("hf" or "vllm"; rollout.engine=auto resolved).
-    nccl with the vLLM engine only when asked for (rollout.weight_sync=nccl): its receiving side
-    (ovlt_rl/engines/vllm_weights.py) has not run on GPUs yet, so "auto" keeps the object store."""
-    r = cfg.rollout
-    on_gpu = policy_device.startswith("cuda") and r.gpus_per_worker > 0
-    # NCCL refuses two ranks on one device, so a policy and a rollout worker sharing a GPU
-    # (fractional gpus_per_worker) go through the object store.
-    whole_gpus = r.gpus_per_worker >= 1 and cfg.actor.gpus_per_worker >= 1
-    if r.weight_sync == "nccl" and not (on_gpu and whole_gpus):
-        raise ValueError("rollout.weight_sync=nccl needs the policy and the rollout engine (hf or vllm) on GPUs of their own "
-                         "(actor.gpus_per_worker >= 1, rollout.gpus_per_worker >= 1)")
-    if r.weight_sync == "auto":
-        return "nccl" if on_gpu and whole_gpus and engine == "hf" else "object_store"
-    return r.weight_sync
-
-
-def sync_ranks(cfg: Config, n_rollout_workers: int, engine: str) -> tuple[list[int], int]:
-    """NCCL weight-sync ranks: each rollout worker's first rank and the world size. Policy rank 0
-    is rank 0; an hf worker takes one rank, a vLLM worker one per tensor-parallel worker."""
-    per = cfg.rollout.tensor_parallel_size if engine == "vllm" else 1
-    return [1 + i * per for i in range(n_rollout_workers)], 1 + n_rollout_workers * per
-
-
 class Run:
     """What both loops need: output folder, model path, processor, Ray, workers, checkpoints."""
 
@@ -96,6 +70,7 @@ class Run:
 
     def start_workers(self, total_opt_steps: int, with_rollout: bool) -> None:
         from ovlt_rl.workers.group import PolicyGroup, RolloutGroup, init_ray
+        from ovlt_rl.workers.weight_syncer import WeightSyncer
 
         cfg = self.cfg
         init_ray(cfg, cfg.actor.num_workers + (cfg.rollout.num_workers if with_rollout else 0) + 1)
@@ -104,34 +79,12 @@ class Run:
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])
         self.rollout = RolloutGroup(cfg, self.model_path) if with_rollout else None
-        self.sync_mode = weight_sync_mode(self.cfg, info["device"], self.rollout.engine) if with_rollout else None
-        if self.sync_mode == "nccl":
-            import ray
-
-            host, port = self.policy.free_port()
-            first, world = sync_ranks(cfg, len(self.rollout.workers), self.rollout.engine)
-            ray.get([self.policy.workers[0].init_weight_sync.remote(host, port, world)]
-                    + [w.init_weight_sync.remote(host, port, first[i], world) for i, w in enumerate(self.rollout.workers)]
-                    + [w.init_weight_sync.remote(host, port, world) for w in self.policy.workers[1:]])
-        if with_rollout:
-            log.info("weight sync: %s", self.sync_mode)
+        self.weights = WeightSyncer(cfg, self.policy, self.rollout, info["device"]) if with_rollout else None
 
     def sync_weights(self) -> float:
-        """Push the policy's weights to the rollout workers; returns seconds.
-
-        object_store: policy rank 0 gathers the full state dict on the host and the rollout
-        workers read it from Ray's object store. nccl: bucketed broadcast from policy rank 0.
-        """
-        import ray
-
+        """Push the policy's weights to the rollout workers; returns seconds."""
         t0 = time.perf_counter()
-        if self.sync_mode == "nccl":
-            ray.get([w.send_weights.remote(self.cfg.model.dtype) for w in self.policy.workers]
-                    + [w.receive_weights.remote() for w in self.rollout.workers])
-        else:
-            refs = [w.full_state_dict.remote() for w in self.policy.workers]  # a collective: every rank
-            self.rollout.load_weights(refs[0])
-            ray.get(refs[1:])
+        self.weights.push()
         return time.perf_counter() - t0
 
     def resume(self, sampler, train) -> tuple[int, int]:

@@ -233,9 +233,6 @@ class RolloutGroup:
         )
         return merge_from_ranks(results, len(self.workers), len(prompts))
 
-    def load_weights(self, state_dict_ref: Any) -> None:
-        ray.get([w.load_weights.remote(state_dict_ref) for w in self.workers])
-
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return ray.get(self.workers[0].compute_logprobs.remote(prompts, responses))
 
