@@ -31,6 +31,7 @@ from ovlt_rl.driver.run import Run, is_step
 from ovlt_rl.driver.samples import advantage_samples, attach, batch_denominator, minibatches
 from ovlt_rl.driver.timer import PhaseTimer
 from ovlt_rl.driver.validation import logprob_agreement, val_loss, validate
+from ovlt_rl.workers.sequences import sft_sample
 
 log = logging.getLogger("ovlt")
 
@@ -139,7 +140,6 @@ def generate_and_score(run: Run, train, sampler, step: int, timer: PhaseTimer) -
 
 def run_sft(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.workers.sequences import sft_sample
 
     a = cfg.actor
     with Run(cfg, prepare_data=ensure_data) as run:
@@ -174,8 +174,6 @@ def run_sft(cfg: Config) -> Path:
 
 def sft_step(run: Run, train, sampler, n_train: int) -> dict[str, Any]:
     """One optimizer step of masked cross-entropy over `actor.global_batch_size` samples; its metrics."""
-    from ovlt_rl.workers.sequences import sft_sample
-
     timer = PhaseTimer()
     items, used = train.batch(next(sampler), within=n_train)  # refilled where an image fails to decode
     samples = [sft_sample(it) for it in items]
