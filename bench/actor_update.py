@@ -124,7 +124,7 @@ def _time_updates(w, samples, denom, steps, device, label) -> tuple[list[float],
         _sync(device)
         dist.barrier()
         t0 = time.perf_counter()
-        m = w.update_policy(samples, denom)
+        m = w.update_policy(samples, denominator=denom, temperature=1.0)
         _sync(device)
         dist.barrier()
         if i:
@@ -143,7 +143,7 @@ def _profile_update(w, samples, denom, args) -> None:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     with profile(activities=activities) as prof:
-        w.update_policy(samples, denom)
+        w.update_policy(samples, denominator=denom, temperature=1.0)
         _sync(args.device)
     if w.rank == 0:
         key = "self_cuda_time_total" if args.device == "cuda" else "self_cpu_time_total"
@@ -156,7 +156,7 @@ def _profile_update(w, samples, denom, args) -> None:
 
 def _rank(rank, world, port, args, model_dir, q):
     from ovlt_rl.config import load_config
-    from ovlt_rl.workers.policy import PolicyWorker
+    from ovlt_rl.workers.policy import PolicyWorker, worker_settings
     from transformers import AutoConfig
 
     if args.device == "cuda":  # one GPU per process, as Ray gives each policy actor: the worker uses cuda:0
@@ -173,7 +173,7 @@ def _rank(rank, world, port, args, model_dir, q):
         f"data.rollout_batch_size={n_total}", "actor.lr=1e-6", "actor.reshard_after_forward=false",
         "actor.padding_free=true", f"actor.max_tokens_per_micro_batch={args.max_tokens}",
     ])
-    w = PolicyWorker(cfg, model_dir, rank, world, "127.0.0.1", port)
+    w = PolicyWorker(model_dir, rank, world, "127.0.0.1", port, **worker_settings(cfg))
     w.setup(total_opt_steps=100)
     if rank == 0:
         say(f"{world} ranks: model loaded and sharded")
@@ -187,9 +187,9 @@ def _rank(rank, world, port, args, model_dir, q):
 
     # Packed and padded log-probs of the same samples agree (bf16 kernels differ: small noise).
     check = samples[:2]
-    packed_lp = w.compute_logprobs(check, "policy", 2)
+    packed_lp = w.compute_logprobs(check, which="policy", micro_batch_size=2, temperature=1.0)
     cfg.actor.padding_free = False
-    padded_lp = w.compute_logprobs(check, "policy", 2)
+    padded_lp = w.compute_logprobs(check, which="policy", micro_batch_size=2, temperature=1.0)
     res["logprob_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(packed_lp, padded_lp))
     if rank == 0:
         say(f"{world} ranks: packed vs padded log-probs max |diff| {res['logprob_max_abs_diff']:.3g} ({res['attention']})")

@@ -159,13 +159,14 @@ def main() -> None:
     print(f"model and data ready in {time.perf_counter() - t0:.0f} s: {model_dir}")
 
     from ovlt_rl import controller
+    from ovlt_rl.driver.run import Run
     from ovlt_rl.config import load_config
 
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)
     cfg = load_config("grpo", overrides(args, model_dir, data, out))
     # The benchmark times GRPO steps; checkpoints are not part of a step (see the docstring).
-    controller.Run.save_checkpoint = lambda self, step, driver_state: None
+    Run.save_checkpoint = lambda self, step, driver_state: None
     t0 = time.perf_counter()
     controller.run_grpo(cfg)
     wall = time.perf_counter() - t0

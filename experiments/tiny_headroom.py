@@ -70,7 +70,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from ovlt_rl.config import load_config
-    from ovlt_rl.controller import _open_datasets
+    from ovlt_rl.driver.datasets import open_datasets
     from ovlt_rl.engines.base import SamplingParams
     from ovlt_rl.engines.hf import HFEngine
     from ovlt_rl.models.loading import resolve_model_path
@@ -79,7 +79,7 @@ def main() -> None:
     model = resolve_model_path(args.model)
     cfg = load_config("grpo", ["recipe=tiny", f"model.path={model}", f"data.val_files=[{args.data}]"])
     engine = HFEngine(model, device=args.device, fast_decode="off")
-    _, ds = _open_datasets(cfg, engine.processor, sft=False)
+    _, ds = open_datasets(cfg, engine.processor, sft=False)
     n_prompts = len(ds) if not args.limit else min(args.limit, len(ds))
     prompts = [ds[i] for i in range(n_prompts)]
 

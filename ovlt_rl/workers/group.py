@@ -4,8 +4,10 @@
     policy = PolicyGroup(cfg, model_path) FSDP2 ranks (one torch.distributed group)
     rollout = RolloutGroup(cfg, model_path)
 
-The driver calls actors explicitly (`policy.call("setup", ...)`): no dispatch decorators, so what
-runs where is visible in the controller.
+The driver calls the groups' methods (`policy.update_policy(samples, denominator=..., temperature=...)`),
+each a plain Ray call of the workers' method of the same name with keyword arguments: no dispatch
+decorators, so what runs where is visible here. A policy method that runs the model deals its
+samples to the ranks round-robin (`split_for_ranks`) and puts the results back in sample order.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class PolicyGroup:
     """`actor.num_workers` PolicyWorker actors forming one torch.distributed group."""
 
     def __init__(self, cfg: Config, model_path: str):
-        from ovlt_rl.workers.policy import PolicyWorker
+        from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 
         n, gpus = cfg.actor.num_workers, cfg.actor.gpus_per_worker
         self.pg = _placement(n, gpus, "ovlt-policy")
@@ -128,19 +130,56 @@ class PolicyGroup:
                 num_gpus=gpus,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
                 name=None,
-            ).remote(cfg, model_path, rank, n, addr, port)
+            ).remote(model_path, rank, n, addr, port, **worker_settings(cfg))
             for rank in range(n)
         ]
         self.world_size = n
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """Call `method` with the same arguments on every rank; results in rank order."""
-        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+    # Every method below is a collective: all ranks are called together, or the others wait forever.
 
-    def call_split(self, method: str, shares: list[Any], *args: Any) -> list[Any]:
-        """Call `method` on every rank with its own first argument (`shares[rank]`)."""
-        assert len(shares) == self.world_size
-        return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shares)])
+    def setup(self, *, total_opt_steps: int) -> dict[str, Any]:
+        """Load and shard the model, build the optimizer; rank 0's summary (parameters, device)."""
+        return ray.get([w.setup.remote(total_opt_steps=total_opt_steps) for w in self.workers])[0]
+
+    def compute_logprobs(self, samples: list[dict[str, Any]], *, which: str, micro_batch_size: int,
+                         temperature: float) -> list[Any]:
+        """Per-token log-probs of each sample under "policy" or "ref" at `temperature`, in sample order."""
+        return self._forward_only(samples, lambda w, share: w.compute_logprobs.remote(
+            share, which=which, micro_batch_size=micro_batch_size, temperature=temperature))
+
+    def eval_nll_per_sample(self, samples: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        """(sum of token NLL over the loss mask, token count) of each sample, in sample order."""
+        return self._forward_only(samples, lambda w, share: w.eval_nll_per_sample.remote(share))
+
+    def update_policy(self, samples: list[dict[str, Any]], *, denominator: float, temperature: float) -> list[dict[str, float]]:
+        """One optimizer step of the GRPO loss over a mini-batch; each rank's sums, in rank order."""
+        shares = split_for_ranks(samples, self.world_size)  # none empty: config.validate checks that batches divide
+        return ray.get([w.update_policy.remote(s, denominator=denominator, temperature=temperature)
+                        for w, s in zip(self.workers, shares)])
+
+    def sft_step(self, samples: list[dict[str, Any]], *, denominator: float) -> list[dict[str, float]]:
+        """One optimizer step of masked cross-entropy over a batch; each rank's sums, in rank order."""
+        shares = split_for_ranks(samples, self.world_size)
+        return ray.get([w.sft_step.remote(s, denominator=denominator) for w, s in zip(self.workers, shares)])
+
+    def save_checkpoint(self, path: str) -> None:
+        ray.get([w.save_checkpoint.remote(path) for w in self.workers])
+
+    def load_checkpoint(self, path: str) -> None:
+        ray.get([w.load_checkpoint.remote(path) for w in self.workers])
+
+    def save_hf(self, out_dir: str, *, max_shard_size: str) -> None:
+        ray.get([w.save_hf.remote(out_dir, max_shard_size=max_shard_size) for w in self.workers])
+
+    def _forward_only(self, samples: list[Any], call) -> list[Any]:
+        """Every rank runs the same number of forwards (FSDP all-gathers are collectives): the
+        workers even out their micro-batch counts (PolicyWorker._plan) but can't run without a
+        sample, so a rank whose share is empty gets the first sample and its result is dropped."""
+        if not samples:
+            return []
+        shares = split_for_ranks(samples, self.world_size)
+        results = ray.get([call(w, share or samples[:1]) for w, share in zip(self.workers, shares)])
+        return merge_from_ranks([res[: len(share)] for res, share in zip(results, shares)], self.world_size, len(samples))
 
     def free_port(self) -> tuple[str, int]:
         """Address of rank 0's node and a free port there (for a rendezvous hosted by rank 0)."""
@@ -184,8 +223,7 @@ class RolloutGroup:
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         """Groups of `params.n` generations, in prompt order, prompts spread over the workers."""
-        n = len(self.workers)
-        shares = [prompts[i::n] for i in range(n)]
+        shares = split_for_ranks(prompts, len(self.workers))
         results = ray.get(
             [
                 w.generate.remote(s, params if params.seed is None else _with_seed(params, params.seed + i))
@@ -193,13 +231,7 @@ class RolloutGroup:
                 if s
             ]
         )
-        out: list[list[Generation]] = [None] * len(prompts)  # type: ignore[list-item]
-        for i, res in enumerate(results):
-            out[i::n] = res
-        return out
-
-    def load_weights(self, state_dict_ref: Any) -> None:
-        ray.get([w.load_weights.remote(state_dict_ref) for w in self.workers])
+        return merge_from_ranks(results, len(self.workers), len(prompts))
 
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         return ray.get(self.workers[0].compute_logprobs.remote(prompts, responses))
@@ -224,6 +256,20 @@ class RolloutGroup:
         for w in self.workers:
             ray.kill(w)
         remove_placement_group(self.pg)
+
+
+def split_for_ranks(items: list[Any], world: int) -> list[list[Any]]:
+    """Deal items to ranks round-robin (equal counts when world divides len(items))."""
+    return [items[r::world] for r in range(world)]
+
+
+def merge_from_ranks(results: list[list[Any]], world: int, n: int) -> list[Any]:
+    """The inverse of split_for_ranks over `world` ranks: per-rank results (in rank order; trailing
+    empty ones may be left out) back in the order of the `n` items."""
+    out: list[Any] = [None] * n
+    for r, res in enumerate(results):
+        out[r::world] = res
+    return out
 
 
 def _with_seed(params: SamplingParams, seed: int) -> SamplingParams:

@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.distributed.constants import default_pg_timeout
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
-from ovlt_rl.config import Config
+from ovlt_rl.config import ActorConfig, Config, ModelConfig
 from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.rendezvous import tcp_store
@@ -50,7 +50,7 @@ class _Forward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, Any], with_entropy: bool = False, entropy_grad: bool = False, temperature: float = 1.0):
+    def forward(self, batch: dict[str, Any], *, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
         return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, temperature=temperature)
 
 
@@ -84,14 +84,25 @@ def lr_lambda(step: int, *, total: int, warmup: int, schedule: str, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def worker_settings(cfg: Config) -> dict[str, Any]:
+    """What a PolicyWorker gets of the config (its keyword arguments): its own sections (model,
+    actor) and, of the others, `device` (trainer.device), the `seed` of its initialisation
+    (trainer.seed) and whether it holds a reference copy for the KL loss."""
+    return dict(model=cfg.model, actor=cfg.actor, device=cfg.trainer.device, seed=cfg.trainer.seed,
+                with_reference=cfg.reference.enabled and cfg.actor.use_kl_loss)
+
+
 class PolicyWorker:
     """One FSDP2 rank. Created as a Ray actor by `ovlt_rl.workers.group.PolicyGroup`."""
 
-    def __init__(self, cfg: Config, model_path: str, rank: int, world_size: int, master_addr: str, master_port: int):
+    def __init__(self, model_path: str, rank: int, world_size: int, master_addr: str, master_port: int, *,
+                 model: ModelConfig, actor: ActorConfig, device: str, seed: int, with_reference: bool):
         torch.set_num_threads(int(os.environ.get("OVLT_TORCH_THREADS", "1")))
-        self.cfg, self.rank, self.world = cfg, rank, world_size
+        self.model_cfg, self.actor = model, actor
+        self.seed, self.with_reference = seed, with_reference
+        self.rank, self.world = rank, world_size
         self.model_path = model_path
-        use_cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
+        use_cuda = torch.cuda.is_available() and device != "cpu"
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
@@ -110,35 +121,34 @@ class PolicyWorker:
         """Load the model (and reference copy), shard, and build the optimizer and lr schedule."""
         from ovlt_rl.models.loading import enable_gradient_checkpointing, load_model
 
-        cfg = self.cfg
-        torch.manual_seed(cfg.trainer.seed)
-        compute_dtype = resolve_dtype(cfg.model.dtype, self.device)
+        m, a = self.model_cfg, self.actor
+        torch.manual_seed(self.seed)
+        compute_dtype = resolve_dtype(m.dtype, self.device)
         mp = compute_dtype if compute_dtype != torch.float32 else None
 
-        model = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
+        model = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=m.attn_implementation)
         n_params = sum(p.numel() for p in model.parameters())
-        if cfg.model.freeze_vision_tower:
+        if m.freeze_vision_tower:
             for p in model.model.visual.parameters():
                 p.requires_grad_(False)
-        if cfg.model.gradient_checkpointing:
+        if m.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         model.config.use_cache = False
         self.hf_config = model.config
         self._prepare_attention(model, compute_dtype)
         # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
         self._positions = functools.partial(mrope_positions, model.model)
-        self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=cfg.actor.reshard_after_forward)
+        self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=a.reshard_after_forward)
         self.policy.train()
 
         self.ref = None
-        if cfg.reference.enabled and cfg.actor.use_kl_loss:
-            ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
+        if self.with_reference:
+            ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=m.attn_implementation)
             ref.requires_grad_(False)
             self._prepare_attention(ref, compute_dtype)
             self.ref = shard_model(ref, mp_dtype=mp)
             self.ref.eval()
 
-        a = cfg.actor
         trainable = [p for p in self.policy.parameters() if p.requires_grad]
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(
@@ -165,11 +175,11 @@ class PolicyWorker:
         from ovlt_rl.models.vision_attention import kernel_for as vision_kernel_for
         from ovlt_rl.models.vision_attention import use_window_attention
 
-        if self.cfg.model.attn_implementation != "sdpa":
+        if self.model_cfg.attn_implementation != "sdpa":
             return
         use_window_attention(model)
         log.info("rank %d: vision windows attend with %s", self.rank, vision_kernel_for(self.device.type, compute_dtype))
-        if self.cfg.actor.padding_free:
+        if self.actor.padding_free:
             use_packed_attention(model)
             log.info("rank %d: packed rows attend with %s", self.rank, kernel_for(self.device.type, compute_dtype))
 
@@ -184,7 +194,7 @@ class PolicyWorker:
 
     def _plan(self, samples: list[dict[str, Any]], micro_batch_size: int, max_tokens: int) -> list[tuple[list[int], bool]]:
         """(sample indices, is_dummy) of each micro-batch; the same count on every rank (a collective)."""
-        padded = not self.cfg.actor.padding_free
+        padded = not self.actor.padding_free
         lengths = [len(s["input_ids"]) for s in samples]
         groups = plan_micro_batches(lengths, micro_batch_size=micro_batch_size, max_tokens=max_tokens, padded=padded)
         long = over_budget(lengths, max_tokens)
@@ -202,7 +212,7 @@ class PolicyWorker:
         return plan
 
     def _batch(self, chunk: list[dict[str, Any]], keys: tuple[str, ...] = ()) -> dict[str, Any]:
-        if self.cfg.actor.padding_free:
+        if self.actor.padding_free:
             batch = pack_batch(chunk, self._pad_id(), self._positions, per_token_keys=keys)
         else:
             batch = build_batch(chunk, self._pad_id(), per_token_keys=keys)
@@ -220,8 +230,8 @@ class PolicyWorker:
         return 0 if pad is None else int(pad)
 
     @torch.no_grad()
-    def compute_logprobs(self, samples: list[dict[str, Any]], which: str, micro_batch_size: int,
-                         temperature: float = 1.0) -> list[torch.Tensor]:
+    def compute_logprobs(self, samples: list[dict[str, Any]], *, which: str, micro_batch_size: int,
+                         temperature: float) -> list[torch.Tensor]:
         """Per-token log-probs (aligned with input_ids) of each sample under the policy or the reference,
         at `temperature` (GRPO: the rollout's sampling temperature; 1: the model's own distribution).
 
@@ -231,7 +241,7 @@ class PolicyWorker:
         module = self.policy if which == "policy" else self.ref
         if module is None:
             raise RuntimeError(f"compute_logprobs({which!r}): no such model on this worker")
-        a = self.cfg.actor
+        a = self.actor
         was_training = module.training
         module.eval()
         out: list[torch.Tensor | None] = [None] * len(samples)
@@ -251,7 +261,7 @@ class PolicyWorker:
     def _step_optimizer(self) -> tuple[float, bool]:
         """Clip, then step unless the grad norm is non-finite (then skip and count). Collective."""
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.policy.parameters() if p.requires_grad], self.cfg.actor.grad_clip
+            [p for p in self.policy.parameters() if p.requires_grad], self.actor.grad_clip
         )
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
@@ -267,7 +277,7 @@ class PolicyWorker:
         self.optimizer.zero_grad(set_to_none=True)
         return gn, ok
 
-    def update_policy(self, samples: list[dict[str, Any]], denominator: float, temperature: float = 1.0) -> dict[str, float]:
+    def update_policy(self, samples: list[dict[str, Any]], *, denominator: float, temperature: float) -> dict[str, float]:
         """One optimizer step of the GRPO loss over this rank's share of a mini-batch.
 
         `denominator`: the loss normaliser of the whole mini-batch across ranks (tokens for
@@ -277,7 +287,7 @@ class PolicyWorker:
         Samples without "old_logprobs" are on-policy (this is the one update since they were drawn):
         their old log-probs are this forward pass's, detached, which saves a forward pass over the batch.
         """
-        a = self.cfg.actor
+        a = self.actor
         on_policy = "old_logprobs" not in samples[0]
         keys = ("advantages",) + (() if on_policy else ("old_logprobs",)) + (("ref_logprobs",) if self.ref is not None else ())
         scale = self.world / denominator  # FSDP averages over ranks
@@ -286,7 +296,7 @@ class PolicyWorker:
         # The sum of the micro-batches' gradients doesn't depend on how samples are grouped.
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx], keys)
-            logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef), temperature=temperature)
+            logp, ent = self.policy(batch, temperature=temperature, with_entropy=True, entropy_grad=bool(a.entropy_coef))
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
             if dummy:
@@ -318,15 +328,15 @@ class PolicyWorker:
                      "actor/update_s": time.perf_counter() - t0})
         return sums
 
-    def sft_step(self, samples: list[dict[str, Any]], denominator: float) -> dict[str, float]:
+    def sft_step(self, samples: list[dict[str, Any]], *, denominator: float) -> dict[str, float]:
         """One optimizer step of masked cross-entropy (assistant tokens only) over this rank's share."""
-        a = self.cfg.actor
+        a = self.actor
         scale = self.world / denominator
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx])
-            logp, _ = self.policy(batch)
+            logp, _ = self.policy(batch, temperature=1.0)  # the model's own distribution
             mask = batch["loss_mask"].bool()
             mask[:, 0] = False
             if dummy:
@@ -343,16 +353,15 @@ class PolicyWorker:
         return sums
 
     @torch.no_grad()
-    def eval_nll_per_sample(self, samples: list[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    def eval_nll_per_sample(self, samples: list[dict[str, Any]]) -> list[tuple[float, float]]:
         """Per sample: (sum of token NLL over its loss mask, token count), for the validation loss."""
-        lps = self.compute_logprobs(samples, "policy", self.cfg.actor.micro_batch_size)
-        sums, counts = [], []
+        lps = self.compute_logprobs(samples, which="policy", micro_batch_size=self.actor.micro_batch_size, temperature=1.0)
+        out = []
         for lp, s in zip(lps, samples):
             m = s["loss_mask"].bool().clone()
             m[0] = False
-            sums.append(float(-(lp[m]).sum()))
-            counts.append(float(m.sum()))
-        return sums, counts
+            out.append((float(-(lp[m]).sum()), float(m.sum())))
+        return out
 
     # -- weights and checkpoints -------------------------------------------------------------------
 
@@ -380,10 +389,12 @@ class PolicyWorker:
         return send_weights(self.sync_pg, self.policy.model, self.rank, dtype, self.device)
 
     def ipc_begin(self, dtype_name: str, bucket_bytes: int) -> None:
-        """Start a colocated weight sync (every rank): chunks come from `ipc_next` (ovlt_rl/workers/ipc_sync.py)."""
+        """Start a colocated weight sync (every rank) in model.dtype `dtype_name`: chunks come from
+        `ipc_next` (ovlt_rl/workers/ipc_sync.py)."""
         from ovlt_rl.workers.ipc_sync import weight_chunks
 
-        self._ipc_chunks = weight_chunks(self.policy.model, getattr(torch, dtype_name), self.device, bucket_bytes)
+        dtype = resolve_dtype(dtype_name, self.device)
+        self._ipc_chunks = weight_chunks(self.policy.model, dtype, self.device, bucket_bytes)
 
     def ipc_next(self) -> dict[str, Any] | None:
         """The next chunk's description, after vLLM has read the previous one; None at the end."""
@@ -392,14 +403,14 @@ class PolicyWorker:
             self._ipc_chunks = None
         return chunk
 
-    def save_hf(self, out_dir: str) -> str | None:
-        """Write the model in HF format (rank 0 writes; collective)."""
+    def save_hf(self, out_dir: str, *, max_shard_size: str) -> str | None:
+        """Write the model in HF format, in safetensors shards of at most `max_shard_size` (rank 0 writes; collective)."""
         sd = self.full_state_dict()
         if self.rank == 0:
             from ovlt_rl.workers.export import save_hf_model
 
-            dtype = resolve_dtype(self.cfg.model.dtype, self.device)  # the training dtype
-            save_hf_model(self.model_path, sd, out_dir, dtype=dtype, max_shard_size=self.cfg.trainer.hf_max_shard_size)
+            dtype = resolve_dtype(self.model_cfg.dtype, self.device)  # the training dtype
+            save_hf_model(self.model_path, sd, out_dir, dtype=dtype, max_shard_size=max_shard_size)
             return out_dir
         return None
 
@@ -408,7 +419,7 @@ class PolicyWorker:
         from ovlt_rl.workers.sharded_state import save_state
 
         # The training dtype as resolved on this device (model.dtype=auto depends on it), for `ovlt export`.
-        dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_dtype(self.cfg.model.dtype, self.device)]
+        dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_dtype(self.model_cfg.dtype, self.device)]
         save_state(path, self.policy, self.optimizer, self.rank, self.world,
                    {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps, "dtype": dtype})
         dist.barrier()

@@ -11,7 +11,7 @@ the rollout dtype. Per bucket, every policy rank joins the FSDP all-gathers of i
 (`full_tensor()`), rank 0 packs them and broadcasts one flat buffer; each rollout worker receives
 it and copies the slices into its parameters.
 
-On CPU (gloo, tests) the driver uses the Ray object store instead (controller.Run.sync_weights).
+On CPU (gloo, tests) the Ray object store carries the weights instead (ovlt_rl/workers/weight_syncer.py).
 """
 
 from __future__ import annotations

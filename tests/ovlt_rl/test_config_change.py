@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from ovlt_rl.checkpoint import CheckpointManager
 from ovlt_rl.config import load_config, to_yaml
 from ovlt_rl.config_change import ConfigChangeRefused, check_resume_config, config_changes
-from ovlt_rl.controller import absolute_paths, run_sft, write_config
+from ovlt_rl.controller import run_sft
+from ovlt_rl.driver.run import absolute_paths, write_config
 
 
 def _cfg(out, *args):

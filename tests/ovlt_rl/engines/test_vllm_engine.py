@@ -143,7 +143,7 @@ def test_hf_weight_specs_are_the_policy_models_state_dict(tiny_model_dir, tiny_m
 
 def test_sync_ranks_give_each_vllm_tp_worker_a_rank():
     from ovlt_rl.config import Config
-    from ovlt_rl.controller import sync_ranks
+    from ovlt_rl.workers.weight_syncer import sync_ranks
 
     cfg = Config()
     assert sync_ranks(cfg, 2, "hf") == ([1, 2], 3)  # hf: one rank per rollout worker

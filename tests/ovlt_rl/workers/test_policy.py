@@ -11,7 +11,7 @@ from ovlt_rl.config import load_config
 from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.engines.hf import HFEngine
 from ovlt_rl.models.loading import load_processor, resolve_model_path
-from ovlt_rl.workers.policy import PolicyWorker
+from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 from ovlt_rl.workers.sequences import make_sample
 
 
@@ -49,7 +49,7 @@ def _worker(model_path, **overrides):
     args = [f"{k}={v}" for k, v in {"actor.use_kl_loss": "false", "actor.lr": "1e-3", "trainer.device": "cpu",
                                     "data.train_files": "[x]", "actor.global_batch_size": "8", **overrides}.items()]
     cfg = load_config("sft", args)
-    w = PolicyWorker(cfg, model_path, 0, 1, "127.0.0.1", _free_port())
+    w = PolicyWorker(model_path, 0, 1, "127.0.0.1", _free_port(), **worker_settings(cfg))
     w.setup(total_opt_steps=10)
     return w
 
@@ -66,11 +66,11 @@ def test_one_batch_equals_accumulated_micro_batches(model_path):
     for micro in (8, 2):
         w = _worker(model_path, **{"actor.micro_batch_size": micro})
         # old log-probs = the current policy, so every ratio starts at 1
-        lps = w.compute_logprobs(samples, "policy", 4)
+        lps = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=1.0)
         for s, lp in zip(samples, lps):
             s["old_logprobs"] = lp
         denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
-        m = w.update_policy(samples, denom)
+        m = w.update_policy(samples, denominator=denom, temperature=1.0)
         assert m["actor/skipped"] == 0.0
         results[micro] = (_params(w), m["actor/grad_norm"])
         w.shutdown()
@@ -97,12 +97,12 @@ def test_on_policy_update_takes_old_logprobs_from_its_own_forward(model_path):
     for precomputed in (True, False):
         w = _worker(model_path, **{"actor.micro_batch_size": 4})
         batch = [dict(s) for s in samples]
-        for s, lp in zip(batch, w.compute_logprobs(batch, "policy", 4)):
+        for s, lp in zip(batch, w.compute_logprobs(batch, which="policy", micro_batch_size=4, temperature=1.0)):
             if precomputed:
                 s["old_logprobs"] = lp
             else:
                 del s["old_logprobs"]
-        m = w.update_policy(batch, denom)
+        m = w.update_policy(batch, denominator=denom, temperature=1.0)
         results.append((_params(w), m))
         w.shutdown()
     (p_old, m_old), (p_self, m_self) = results
@@ -126,13 +126,13 @@ def test_nonfinite_loss_skips_the_update(model_path):
     w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4"})
     before = _params(w)
     samples[0]["advantages"][-1] = float("nan")
-    m = w.update_policy(samples, 10.0)
+    m = w.update_policy(samples, denominator=10.0, temperature=1.0)
     assert m["actor/skipped"] == 1.0
     assert w.nonfinite_skips == 1 and w.opt_steps == 0
     after = _params(w)
     assert all(torch.equal(before[k], after[k]) for k in before)
     samples[0]["advantages"][-1] = 1.0
-    m = w.update_policy(samples, 10.0)
+    m = w.update_policy(samples, denominator=10.0, temperature=1.0)
     assert m["actor/skipped"] == 0.0 and w.opt_steps == 1 and w.nonfinite_skips == 0
     w.shutdown()
 
@@ -143,14 +143,14 @@ def test_rollout_engine_agrees_with_policy_after_sync(model_path):
     w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4"})
     for s in samples:
         s["old_logprobs"] = torch.zeros(len(s["input_ids"]))
-    w.update_policy(samples, 10.0)  # move the policy away from the initial weights
+    w.update_policy(samples, denominator=10.0, temperature=1.0)  # move the policy away from the initial weights
     engine = HFEngine(model_path, device="cpu")
     prompts = [_prompt(processor, "red", "How many shapes? 0"), _prompt(processor, "blue", "How many shapes? 1")]
     responses = [[40, 41, 42, 43], [50, 51, 52]]
     before = engine.compute_logprobs(prompts, responses)
     engine.load_state_dict(w.full_state_dict())
     after = engine.compute_logprobs(prompts, responses)
-    policy = w.compute_logprobs([make_sample(p, r) for p, r in zip(prompts, responses)], "policy", 2)
+    policy = w.compute_logprobs([make_sample(p, r) for p, r in zip(prompts, responses)], which="policy", micro_batch_size=2, temperature=1.0)
     diffs, diffs_before = [], []
     for p, r, a, b, pl in zip(prompts, responses, after, before, policy):
         pl = pl[len(p["input_ids"]):]
@@ -168,13 +168,13 @@ def test_update_moves_probability_toward_positive_advantages(model_path):
     w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4", "actor.lr": "1e-3"})
     for i, s in enumerate(samples):
         s["advantages"] = s["loss_mask"] * (1.0 if i < 2 else -1.0)
-    before = w.compute_logprobs(samples, "policy", 4)
+    before = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=1.0)
     for s, lp in zip(samples, before):
         s["old_logprobs"] = lp
     denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
     for _ in range(3):
-        w.update_policy(samples, denom)
-    after = w.compute_logprobs(samples, "policy", 4)
+        w.update_policy(samples, denominator=denom, temperature=1.0)
+    after = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=1.0)
     change = [float((a - b)[s["loss_mask"].bool()].sum()) for s, a, b in zip(samples, after, before)]
     assert change[0] > 0 and change[1] > 0, change
     assert change[2] < 0 and change[3] < 0, change
@@ -190,8 +190,8 @@ def test_logprobs_and_update_at_the_rollout_temperature(model_path):
     processor = load_processor(model_path)
     samples = _samples(processor, n=4)
     w = _worker(model_path, **{"actor.micro_batch_size": 4, "actor.global_batch_size": "4"})
-    at_half = w.compute_logprobs(samples, "policy", 4, 0.5)
-    at_one = w.compute_logprobs(samples, "policy", 4)
+    at_half = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=0.5)
+    at_one = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=1.0)
 
     engine = HFEngine(model_path, device="cpu")  # the same initial weights, run by plain transformers
     batch = build_batch(samples, w._pad_id())
@@ -210,7 +210,7 @@ def test_logprobs_and_update_at_the_rollout_temperature(model_path):
     denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
     for s, lp in zip(samples, at_half):
         s["old_logprobs"] = lp
-    m = w.update_policy(samples, denom, 0.5)
+    m = w.update_policy(samples, denominator=denom, temperature=0.5)
     assert m["actor/ratio_mean_wsum"] / m["actor/tokens"] == pytest.approx(1.0, abs=1e-5)
     assert m["actor/approx_kl_wsum"] == pytest.approx(0.0, abs=1e-6)
     w.shutdown()

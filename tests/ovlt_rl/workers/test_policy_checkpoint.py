@@ -13,7 +13,7 @@ import torch
 from ovlt_rl.checkpoint import CheckpointError, CheckpointManager
 from ovlt_rl.config import load_config
 from ovlt_rl.models.loading import load_processor, resolve_model_path
-from ovlt_rl.workers.policy import PolicyWorker
+from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 from ovlt_rl.workers.sequences import make_sample
 
 
@@ -29,7 +29,7 @@ def worker():
     cfg = load_config("sft", ["actor.use_kl_loss=false", "actor.lr=1e-2", "trainer.device=cpu", "data.train_files=[x]",
                               "actor.global_batch_size=4", "actor.micro_batch_size=4", "actor.lr_schedule=cosine",
                               "actor.warmup_ratio=0.2"])
-    w = PolicyWorker(cfg, model_path, 0, 1, "127.0.0.1", _free_port())
+    w = PolicyWorker(model_path, 0, 1, "127.0.0.1", _free_port(), **worker_settings(cfg))
     w.setup(total_opt_steps=10)
     w.processor = load_processor(model_path)
     yield w
@@ -44,7 +44,7 @@ def _step(w):
     img = Image.new("RGB", (56, 56), "red")
     p = encode_prompt(w.processor, render_prompt(w.processor, chat_messages([{"role": "user", "content": "<image>What?"}])), [img])
     samples = [make_sample(p, [30, 31, 32, 33 + i]) for i in range(4)]
-    m = w.sft_step(samples, float(sum(int(s["loss_mask"][1:].sum()) for s in samples)))
+    m = w.sft_step(samples, denominator=float(sum(int(s["loss_mask"][1:].sum()) for s in samples)))
     assert m["sft/skipped"] == 0.0
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from ovlt_rl.config import load_config
 from ovlt_rl.models.loading import load_processor, resolve_model_path
-from ovlt_rl.workers.policy import PolicyWorker
+from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 
 # The rank processes are spawned and import this module: keep its imports light (test_policy's
 # rollout-engine imports alone take seconds), so `_samples` is imported where it is used.
@@ -32,7 +32,7 @@ def _cfg(**overrides):
 
 
 def _worker(cfg, rank=0, world=1, port=None):
-    w = PolicyWorker(cfg, resolve_model_path("tiny"), rank, world, "127.0.0.1", port or _free_port())
+    w = PolicyWorker(resolve_model_path("tiny"), rank, world, "127.0.0.1", port or _free_port(), **worker_settings(cfg))
     w.setup(total_opt_steps=10)
     return w
 
@@ -62,11 +62,11 @@ BUDGET = 90
 
 def _update(cfg, samples):
     w = _worker(cfg)
-    lps = w.compute_logprobs(samples, "policy", 4)
+    lps = w.compute_logprobs(samples, which="policy", micro_batch_size=4, temperature=1.0)
     denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
     batch = [dict(s, old_logprobs=lp) for s, lp in zip(samples, lps)]
-    m = w.update_policy(batch, denom)
-    sft = w.sft_step(samples, denom)
+    m = w.update_policy(batch, denominator=denom, temperature=1.0)
+    sft = w.sft_step(samples, denominator=denom)
     out = lps, _params(w), m, sft
     w.shutdown()
     return out
@@ -108,8 +108,8 @@ def _rank_main(rank, port, shares, denom, q):
     cfg = _cfg(**{"actor.max_tokens_per_micro_batch": BUDGET, "actor.num_workers": 2, "actor.micro_batch_size": 4})
     w = _worker(cfg, rank, 2, port)
     plan = w._plan(shares[rank], 8, BUDGET)
-    lps = w.compute_logprobs(shares[rank], "policy", 8)
-    m = w.update_policy([dict(s, old_logprobs=lp) for s, lp in zip(shares[rank], lps)], denom)
+    lps = w.compute_logprobs(shares[rank], which="policy", micro_batch_size=8, temperature=1.0)
+    m = w.update_policy([dict(s, old_logprobs=lp) for s, lp in zip(shares[rank], lps)], denominator=denom, temperature=1.0)
     sd = w.full_state_dict()  # a collective; only rank 0 gets the tensors
     # As numpy: torch tensors go through shared memory, which dies with this process.
     sd = {k: v.numpy() for k, v in sd.items()} if sd is not None else None
@@ -154,8 +154,8 @@ def test_two_ranks_with_unequal_work_match_one_rank(samples):
 
     # One rank, all samples: same old log-probs (the initial policy), same update.
     w = _worker(_cfg(**{"actor.padding_free": "false"}))
-    lps = w.compute_logprobs(samples, "policy", 8)
-    m = w.update_policy([dict(s, old_logprobs=lp) for s, lp in zip(samples, lps)], denom)
+    lps = w.compute_logprobs(samples, which="policy", micro_batch_size=8, temperature=1.0)
+    m = w.update_policy([dict(s, old_logprobs=lp) for s, lp in zip(samples, lps)], denominator=denom, temperature=1.0)
     ref = _params(w)
     w.shutdown()
     assert gn0 == gn1 == pytest.approx(m["actor/grad_norm"], rel=1e-5)

@@ -60,11 +60,11 @@ def test_window_attention_keeps_logprobs_and_gradients(model_path, samples, over
         assert uses_window_attention(w.policy.model)  # the worker switched it
         if implementation == "sdpa":
             use_stock_attention(w.policy.model)  # transformers' per-window loop
-        lps = w.compute_logprobs(samples, "policy", 2)
+        lps = w.compute_logprobs(samples, which="policy", micro_batch_size=2, temperature=1.0)
         for s, lp in zip(samples, lps):
             s["old_logprobs"] = lp  # the same for both runs up to 1e-5 (asserted below)
         denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
-        m = w.update_policy(samples, denom)
+        m = w.update_policy(samples, denominator=denom, temperature=1.0)
         assert m["actor/skipped"] == 0.0
         vision = {k: v.clone() for k, v in w.full_state_dict().items() if "visual" in k}
         results[implementation] = (lps, m["actor/grad_norm"], vision)

@@ -1,9 +1,9 @@
-"""How the controller picks the weight-sync path (pure config logic, no workers)."""
+"""How the weight syncer picks its mode (pure config logic, no workers)."""
 
 import pytest
 
 from ovlt_rl.config import load_config
-from ovlt_rl.controller import weight_sync_mode
+from ovlt_rl.workers.weight_syncer import weight_sync_mode
 
 
 def _cfg(*overrides):
