@@ -65,8 +65,8 @@ def collect_groups(
     Without dynamic sampling: one round, all its groups. With it (DAPO): up to `max_rounds`
     rounds, each drawing a new batch, keep the groups whose rewards differ (the others have no
     advantage to learn from) until `want` are kept. If the rounds run out first, the last round's
-    groups fill the rest in order, so every step has the configured size and the policy ranks
-    stay balanced.
+    dropped groups fill the rest in order (each group is trained once), so every step has the
+    configured size and the policy ranks stay balanced.
     """
     out = Rollouts()
     for round_ in range(max_rounds if dynamic_sampling else 1):
@@ -86,7 +86,10 @@ def collect_groups(
         out.add([entry for entry, kept in zip(batch, keep) if kept], up_to=want)
         if len(out.prompts) >= want:
             return out
-    out.add(batch, up_to=want)
+    # The last round's dropped groups (advantage 0) fill the rest; its kept ones are in already.
+    out.add([entry for entry, kept in zip(batch, keep) if not kept], up_to=want)
+    if len(out.prompts) < want:
+        raise RuntimeError(f"dynamic sampling: {len(out.prompts)} groups for a step of {want} (a round drew fewer prompts than a step needs)")
     return out
 
 

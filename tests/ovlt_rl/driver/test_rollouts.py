@@ -81,6 +81,16 @@ def test_dynamic_sampling_fills_from_the_last_round_when_rounds_run_out():
     assert batch.metrics["dynamic_sampling/kept_groups"] == 1
 
 
+def test_the_fill_never_repeats_a_group_kept_in_the_last_round():
+    source = Source(
+        [(0, [1.0, 1.0]), (1, [1.0, 1.0]), (2, [1.0, 1.0])],
+        [(3, [0.0, 1.0]), (4, [1.0, 1.0]), (5, [0.0, 0.0])],
+    )
+    batch = collect(source, want=3, max_rounds=2)
+    assert ids(batch) == [3, 4, 5]  # not [3, 3, 4]: group 3 trained twice
+    assert batch.scores == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+
+
 def test_unscorable_counts_sum_over_rounds_and_the_reward_metrics_are_the_last_rounds():
     source = Source(
         [(0, [None, 1.0]), (1, [0.0, 0.0])],
