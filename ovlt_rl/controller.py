@@ -407,7 +407,7 @@ def run_grpo(cfg: Config) -> Path:
     import reward
     from ovlt_rl.algos import dynamic_sampling_keep, grpo_advantages, loss_denominator, rewards_tensor
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.workers.sequences import make_sample
+    from ovlt_rl.models.sequences import make_sample
 
     run = Run(cfg, "grpo")
     reward_fn = None
@@ -594,7 +594,7 @@ def run_grpo(cfg: Config) -> Path:
 
 def _logprob_agreement(run: Run, prompts: list[dict], responses: list[list[int]], micro: int) -> float:
     """Mean |rollout log-prob - policy log-prob| over the same response tokens after a sync."""
-    from ovlt_rl.workers.sequences import make_sample
+    from ovlt_rl.models.sequences import make_sample
 
     rollout_lps = run.rollout.compute_logprobs(prompts, responses)
     samples = [make_sample(p, rsp) for p, rsp in zip(prompts, responses)]
@@ -630,7 +630,7 @@ def _val_loss(run: Run, samples: list[dict]) -> float:
 def run_sft(cfg: Config) -> Path:
     import reward
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.workers.sequences import sft_sample
+    from ovlt_rl.models.sequences import sft_sample
 
     run = Run(cfg, "sft")
     reward_fn = None

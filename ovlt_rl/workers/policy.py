@@ -35,10 +35,11 @@ from torch.distributed.constants import default_pg_timeout
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import Config
+from ovlt_rl.models.dtype import resolve_dtype
 from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.rendezvous import tcp_store
-from ovlt_rl.workers.sequences import build_batch, token_logprobs
+from ovlt_rl.models.sequences import build_batch, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ class _Forward(nn.Module):
 
     def forward(self, batch: dict[str, Any], with_entropy: bool = False, entropy_grad: bool = False, temperature: float = 1.0):
         return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, temperature=temperature)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> _Forward:
