@@ -155,7 +155,7 @@ def _profile_update(w, samples, denom, args) -> None:
 
 
 def _rank(rank, world, port, args, model_dir, q):
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
     from ovlt_rl.workers.policy import PolicyWorker
     from transformers import AutoConfig
 

@@ -154,8 +154,8 @@ def main() -> None:
     data = write_prompts(work / "rl.parquet", args.prompts * (args.steps + 1), args.image_size)
     print(f"model and data ready in {time.perf_counter() - t0:.0f} s: {model_dir}")
 
+    from ovlt.config import load_config
     from ovlt_rl import controller
-    from ovlt_rl.config import load_config
 
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)

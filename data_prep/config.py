@@ -1,4 +1,4 @@
-"""The `prepare` section of the config tree (see ovlt_rl/config.py): data preparation.
+"""The `prepare` section of the config tree (see ovlt/config.py): data preparation.
 
 `ovlt prepare recipe=...` reads it (data_prep/pipeline.py). Two modes:
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, FAMILIES
+from ovlt_rl.config import ConfigError
+from ovlt_rl.models.paths import check_model_path
 
 # The instruction the paper appends to questions; questions are compared without it.
 PAPER_PROMPT_SUFFIX = "You FIRST think about the reasoning process as an internal monologue and then provide the final answer."
@@ -215,8 +217,6 @@ class PrepareConfig:
 
 def validate_prepare(p: PrepareConfig) -> None:
     """Checks run by `ovlt prepare` before any work; messages name the field."""
-    from ovlt_rl.config import ConfigError
-
     def check(cond: bool, name: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"prepare.{name}: {msg}")
@@ -230,7 +230,6 @@ def validate_prepare(p: PrepareConfig) -> None:
     check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
           "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
     if p.distill.vague_families is not None:
-        from data_prep.reasoner import FAMILIES
         unknown = [f for f in p.distill.vague_families if f not in FAMILIES]
         check(bool(p.distill.vague_families) and not unknown, "distill.vague_families",
               f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
@@ -279,8 +278,6 @@ def check_prepare_models(p: PrepareConfig) -> None:
     config.json, tiny/tiny-pretrained or a cached Hub id; ovlt_rl/models/paths.py). Run when the
     preparation starts, not in `validate_prepare`: a cycle builds iteration 2's config (whose
     sampler is iteration 1's GRPO model) before that model exists."""
-    from ovlt_rl.models.paths import check_model_path  # here: ovlt_rl.config imports this module
-
     d = p.distill
     if p.mode == "distill":
         if d.captioner == "engine":

@@ -1,9 +1,10 @@
-"""The one typed config tree.
+"""The engine's sections of the one typed config tree.
 
-Every `ovlt` command reads the same tree: these dataclasses are the defaults, a recipe YAML
-(`recipes/...`) overrides some fields, and `key=value` arguments on the command line override
-those. Unknown keys are errors (OmegaConf struct mode), and `validate()` checks cross-field rules
-at start-up with messages that name the field.
+Every `ovlt` command reads the same tree (its root, loading and recipes: ovlt/config.py): these
+dataclasses are the defaults, a recipe YAML (`recipes/...`) overrides some fields, and
+`key=value` arguments on the command line override those. Unknown keys are errors (OmegaConf
+struct mode), and `validate()` checks cross-field rules at start-up with messages that name the
+field. Data preparation's section is data_prep/config.py, evaluation's ovlt_rl/eval/config.py.
 
     ovlt grpo recipe=tiny actor.lr=2e-5 trainer.output_dir=outputs/x
 
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-# Sections owned by their packages, composed into the one tree here.
-from data_prep.config import PrepareConfig
+
 from ovlt_rl.eval.config import EvalConfig
 
 
@@ -275,33 +275,9 @@ class TrainerConfig:
 
 
 @dataclass
-class CycleConfig:
-    iterations: int = 2
-    """K: iterations of SFT-i -> GRPO-i -> self-improvement data for i+1."""
-    base_model: str = "tiny"
-    """The base model every SFT-i starts from (the paper: Qwen2.5-VL-7B-Instruct)."""
-    prepare_recipe: str = "tiny/prepare"
-    """`ovlt prepare` recipe for iteration 1 (distillation) and, with prepare.mode=self_improve, later ones."""
-    prepare_recipes: list[str] = field(default_factory=list)
-    """Per-iteration prepare recipes instead (the last repeats), e.g. the paper's changing data mixes."""
-    prepare_overrides: list[list[str]] = field(default_factory=list)
-    """key=value overrides for iteration i's prepare stage, one list per iteration (the last repeats):
-    a change of data mix from one iteration to the next without a second recipe file."""
-    sft_recipes: list[str] = field(default_factory=lambda: ["tiny/sft"])
-    """SFT recipe per iteration (the last one repeats when the list is shorter than `iterations`)."""
-    grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])
-    """GRPO recipe per iteration (the last one repeats)."""
-    stage_overrides: list[str] = field(default_factory=list)
-    """key=value overrides applied to every stage (e.g. trainer.device=cuda)."""
-    sft_overrides: list[str] = field(default_factory=list)
-    """key=value overrides for the SFT stages only (after stage_overrides)."""
-    grpo_overrides: list[str] = field(default_factory=list)
-    """key=value overrides for the GRPO stages only (after stage_overrides)."""
-
-
-@dataclass
 class Config:
-    """The root of the tree; each command reads the sections it needs."""
+    """The engine's part of the tree: the sections `ovlt sft`, `ovlt grpo` and `ovlt eval` read.
+    The application layer's root (ovlt/config.py: AppConfig) adds data preparation and the cycle."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -311,16 +287,14 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    cycle: CycleConfig = field(default_factory=CycleConfig)
 
 
 class ConfigError(ValueError):
     """A config value that can't work; the message names the field."""
 
 
-def _check(cond: bool, fieldname: str, msg: str) -> None:
+def check(cond: bool, fieldname: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{fieldname}: {msg}")
 
@@ -332,182 +306,95 @@ def _shard_size_ok(size: str) -> bool:
 
 
 def validate(cfg: Config, command: str) -> None:
-    """Cross-field checks, run at start-up by every command before any work starts."""
+    """Cross-field checks of the engine's sections, run at start-up by every command before any work
+    starts (ovlt/config.py adds the checks of `prepare` and `cycle`)."""
     a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
-    _check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
-    _check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
+    check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
+    check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
     per_rank, rem = divmod(a.global_batch_size, a.num_workers)
-    _check(
+    check(
         rem == 0,
         "actor.global_batch_size",
         f"{a.global_batch_size} does not divide over actor.num_workers={a.num_workers} ranks",
     )
-    _check(
+    check(
         a.micro_batch_size <= per_rank,
         "actor.micro_batch_size",
         f"{a.micro_batch_size} is larger than the per-rank batch "
         f"(actor.global_batch_size {a.global_batch_size} / {a.num_workers} ranks = {per_rank})",
     )
-    _check(
+    check(
         per_rank % a.micro_batch_size == 0,
         "actor.micro_batch_size",
         f"{a.micro_batch_size} does not divide the per-rank batch {per_rank}",
     )
-    _check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
-    _check(a.max_tokens_per_micro_batch >= 0, "actor.max_tokens_per_micro_batch",
+    check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
+    check(a.max_tokens_per_micro_batch >= 0, "actor.max_tokens_per_micro_batch",
            f"must be >= 0 (0: off), got {a.max_tokens_per_micro_batch}")
-    _check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
+    check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
            f"must be >= 0 (0: as actor.max_tokens_per_micro_batch), got {a.logprob_max_tokens_per_micro_batch}")
-    _check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
-    _check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
-    _check(
+    check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
+    check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
+    check(
         a.loss_agg_mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
         "actor.loss_agg_mode",
         f"unknown {a.loss_agg_mode!r}",
     )
-    _check(a.kl_type in ("k1", "k2", "mse", "k3", "low_var_kl"), "actor.kl_type", f"unknown {a.kl_type!r}")
-    _check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
-    _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
-    _check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
-    _check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
-    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
-    _check(d.format in ("ovlt", "verl", "easyr1", "sharegpt"), "data.format",
+    check(a.kl_type in ("k1", "k2", "mse", "k3", "low_var_kl"), "actor.kl_type", f"unknown {a.kl_type!r}")
+    check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
+    check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
+    check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
+    check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
+    check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
+    check(d.format in ("ovlt", "verl", "easyr1", "sharegpt"), "data.format",
            f"unknown {d.format!r}; one of ovlt, verl, easyr1, sharegpt")
     for key in ("prompt_key", "answer_key", "image_key", "messages_key"):
-        _check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
-    _check(not (command == "sft" and d.format == "easyr1"), "data.format",
+        check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
+    check(not (command == "sft" and d.format == "easyr1"), "data.format",
            "easyr1 rows have no response to learn; sft reads format=ovlt (a response column) or sharegpt")
-    _check(not (command == "grpo" and d.format == "sharegpt"), "data.format",
+    check(not (command == "grpo" and d.format == "sharegpt"), "data.format",
            "sharegpt is an SFT layout; grpo reads format=ovlt, verl or easyr1")
-    _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
-    _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
-    _check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
+    check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
+    check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
+    check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
            f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
     for name in t.loggers:
-        _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
-    if command == "prepare":
-        from data_prep.config import validate_prepare
-
-        validate_prepare(cfg.prepare)
-    if command == "cycle":
-        c = cfg.cycle
-        _check(c.iterations >= 1, "cycle.iterations", f"must be >= 1, got {c.iterations}")
-        _check(bool(c.sft_recipes) and bool(c.grpo_recipes), "cycle.sft_recipes", "needs at least one SFT and one GRPO recipe")
-        for i, over in enumerate(c.prepare_overrides, 1):
-            bad = [o for o in over if "=" not in o]
-            _check(not bad, "cycle.prepare_overrides", f"iteration {i}: expected key=value, got {bad}")
+        check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
     if command in ("grpo", "sft"):
-        _check(bool(d.train_files), "data.train_files", "no training files given")
+        check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":
-        _check(r.engine in ("hf", "vllm", "auto"), "rollout.engine", f"unknown {r.engine!r}")
-        _check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
-        _check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
-        _check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
-        _check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
+        check(r.engine in ("hf", "vllm", "auto"), "rollout.engine", f"unknown {r.engine!r}")
+        check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
+        check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
+        check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
+        check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
         samples = d.rollout_batch_size * r.n
-        _check(
+        check(
             a.global_batch_size <= samples,
             "actor.global_batch_size",
             f"{a.global_batch_size} is larger than a step's samples "
             f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
         )
-        _check(
+        check(
             samples % a.global_batch_size == 0,
             "actor.global_batch_size",
             f"{a.global_batch_size} does not divide a step's samples "
             f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
         )
-        _check(
+        check(
             a.global_batch_size % r.n == 0,
             "actor.global_batch_size",
             f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
         )
-        _check(r.weight_sync in ("auto", "object_store", "nccl"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
-        _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
-        _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-        _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        check(r.weight_sync in ("auto", "object_store", "nccl"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
+        check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
+        check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
         for name in ("max_memory_mb", "max_cpu_seconds", "max_file_size_mb", "max_processes", "max_output_bytes"):
             value = getattr(cfg.reward, name)
-            _check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
+            check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
         if a.use_kl_loss:
-            _check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
-
-
-# --------------------------------------------------------------------------------------------
-# Loading: defaults <- recipe YAML <- command-line overrides.
-
-RECIPES_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes"
-
-
-def register_with_hydra() -> None:
-    """Register the tree as Hydra structured configs (`ovlt` and one node per section), so that
-    Hydra apps and `hydra.compose` can use `ovlt` as a schema."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="ovlt", node=Config)
-    for name, typ in Config.__annotations__.items():
-        cs.store(group=name, name="default", node=globals()[typ] if isinstance(typ, str) else typ)
-
-
-def resolve_recipe(name: str, command: str):
-    """Find the YAML of `recipe=NAME` for `command`.
-
-    Tried in order: NAME as a path to a .yaml file; recipes/NAME.yaml; recipes/NAME/COMMAND.yaml.
-    So `ovlt grpo recipe=tiny` reads recipes/tiny/grpo.yaml and `recipe=openvlthinker/iter1_grpo`
-    reads recipes/openvlthinker/iter1_grpo.yaml.
-    """
-    from pathlib import Path
-
-    candidates = []
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml"):
-        candidates.append(p)
-        candidates.append(RECIPES_DIR.parent / p)
-    candidates += [RECIPES_DIR / f"{name}.yaml", RECIPES_DIR / name / f"{command}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"recipe={name}: no recipe file for command {command!r} (tried {tried})")
-
-
-def load_config(command: str, args: list[str]) -> Config:
-    """Build the config of one command from `recipe=NAME` and `key=value` arguments.
-
-    Raises ConfigError naming the bad key or value. The result is a typed `Config` object
-    (OmegaConf-backed, read-only to code that would add keys).
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    recipe = None
-    overrides = []
-    for a in args:
-        if "=" not in a:
-            raise ConfigError(f"argument {a!r}: expected key=value (for example trainer.output_dir=outputs/x)")
-        key, value = a.split("=", 1)
-        if key == "recipe":
-            recipe = value
-        else:
-            overrides.append(a)
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    OmegaConf.set_struct(cfg.reward.kwargs, False)  # the user's function's own keyword arguments: any keys
-    try:
-        if recipe:
-            path = resolve_recipe(recipe, command)
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        where = f" in recipe {recipe}" if recipe else ""
-        msg = str(e).split("\n")[0]
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key or 'config'}{where}: {msg}") from None
-    obj = OmegaConf.to_object(cfg)
-    validate(obj, command)
-    return obj
+            check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -66,6 +66,7 @@ class Run:
     def __init__(self, cfg: Config, kind: str):
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.config_change import check_resume_config
+        from ovlt_rl.data.formats import require_sources
         from ovlt_rl.models.loading import load_processor, resolve_model_path
         from ovlt_rl.models.paths import check_model_path
         from ovlt_rl.run_lock import OutputLock
@@ -87,7 +88,7 @@ class Run:
             if newest is not None:  # before any work: a resume under a changed meaning stops here
                 check_resume_config(newest[1] / "config.yaml", cfg)
             self.model_path = resolve_model_path(cfg.model.path)
-            ensure_data(cfg)
+            require_sources([*cfg.data.train_files, *cfg.data.val_files])  # a recipe's files: made before the run (ovlt/run_data.py)
             self.processor = load_processor(self.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
             self.pad_id = self.processor.tokenizer.pad_token_id
         except BaseException:
@@ -225,59 +226,6 @@ def write_config(out: Path, cfg: Config) -> Path:
     tmp.write_text(text)
     os.replace(tmp, path)
     return path
-
-
-def ensure_data(cfg: Config) -> None:
-    """Tiny recipes name `data.prepare_recipe`: if their files are missing, make them first with the
-    data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into `data.prepare_dir`."""
-    from ovlt_rl.data.formats import source_exists
-
-    files = list(cfg.data.train_files) + list(cfg.data.val_files)
-    missing = [f for f in files if not source_exists(f)]
-    if not cfg.data.prepare_recipe:
-        if missing:
-            raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
-        return
-    from data_prep.pipeline import run_prepare
-    from ovlt_rl.config import load_config
-
-    out = cfg.data.prepare_dir or str(Path((missing or files)[0]).parent)
-    prep = load_config("prepare", [f"recipe={cfg.data.prepare_recipe}", f"prepare.output_dir={out}"])
-    if not missing:
-        _check_prepared_with(prep, cfg.data.prepare_recipe, Path(out))
-        return
-    log.info("data files missing (%s): running `ovlt prepare recipe=%s` into %s", ", ".join(missing), cfg.data.prepare_recipe, out)
-    run_prepare(prep)
-    still = [f for f in files if not source_exists(f)]
-    if still:
-        raise FileNotFoundError(f"data preparation in {out} did not produce {', '.join(still)}")
-
-
-def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
-    """Files made earlier by `ovlt prepare` with other settings than the recipe's are used (a smaller
-    or custom preparation is legitimate), but never silently: a folder left by an older recipe
-    (another distillation, other filters) trains on data the recipe no longer describes."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    manifest = out / "manifest.json"
-    if not manifest.is_file():  # files put there by hand: the user's data, used as given
-        return
-    made = json.loads(manifest.read_text())["config"]["prepare"]
-    want = OmegaConf.to_container(OmegaConf.structured(prep))["prepare"]
-
-    def diff(a: Any, b: Any, path: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(a.keys() | b.keys()) for d in diff(a.get(k), b.get(k), f"{path}.{k}")]
-        return [] if a == b else [path]
-
-    changed = [d for d in diff(made, want, "prepare") if d != "prepare.output_dir"]
-    if changed:
-        log.warning(
-            "%s was made by `ovlt prepare` with other settings than recipe %s has now (%s differ); using it "
-            "as it is. Delete %s to remake it with the recipe's settings.", out, recipe, ", ".join(changed), out,
-        )
 
 
 def absolute_paths(cfg: Config) -> None:

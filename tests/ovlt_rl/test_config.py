@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ovlt_rl.config import RECIPES_DIR, Config, ConfigError, load_config, register_with_hydra, resolve_recipe
+from ovlt.config import RECIPES_DIR, load_config, register_with_hydra, resolve_recipe
+from ovlt_rl.config import Config, ConfigError
 
 TRAIN = "data.train_files=[x.parquet]"
 

@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ovlt_rl.checkpoint import CheckpointManager
-from ovlt_rl.config import load_config, to_yaml
+from ovlt.config import load_config
+from ovlt_rl.config import to_yaml
 from ovlt_rl.config_change import ConfigChangeRefused, check_resume_config, config_changes
 from ovlt_rl.controller import absolute_paths, run_sft, write_config
 

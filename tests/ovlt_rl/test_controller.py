@@ -1,4 +1,4 @@
-"""Pure helpers of the controller (the loops themselves run in tests/ovlt_rl/test_e2e_cycle.py)."""
+"""Pure helpers of the controller (the loops themselves run in tests/ovlt/test_e2e_cycle.py)."""
 
 import pytest
 
@@ -20,33 +20,3 @@ def test_accuracy_by_source_per_family_and_sorted():
 def test_accuracy_by_source_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         accuracy_by_source(["a", "b"], [1.0])
-
-
-def test_recipe_data_made_with_other_prepare_settings_is_named_in_a_warning(tmp_path, caplog):
-    import json
-
-    from omegaconf import OmegaConf
-
-    from ovlt_rl.config import load_config
-    from ovlt_rl.controller import ensure_data
-
-    out = tmp_path / "tiny-data"
-    out.mkdir()
-    for name in ("sft.parquet", "val.parquet"):
-        (out / name).write_bytes(b"")  # present: ensure_data only checks where they came from
-    cfg = load_config("sft", ["recipe=tiny", f"data.prepare_dir={out}",
-                              f"data.train_files=[{out / 'sft.parquet'}]", f"data.val_files=[{out / 'val.parquet'}]"])
-    with caplog.at_level("WARNING", logger="ovlt"):
-        ensure_data(cfg)  # no manifest: files put there by hand are used as given
-        made = OmegaConf.to_container(OmegaConf.structured(load_config("prepare", ["recipe=tiny/prepare", f"prepare.output_dir={out}"])))
-        (out / "manifest.json").write_text(json.dumps({"config": made}))
-        ensure_data(cfg)  # same settings: reused
-        assert not [r for r in caplog.records if r.levelname == "WARNING"]
-
-        made["prepare"]["distill"]["restate_rate"] = 0.9
-        made["prepare"]["filters"]["pick"] = "longest"
-        (out / "manifest.json").write_text(json.dumps({"config": made}))
-        ensure_data(cfg)
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 1 and "(prepare.distill.restate_rate, prepare.filters.pick differ)" in warned[0]
-    assert (out / "sft.parquet").exists()  # nothing deleted

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.vllm
 def test_tiny_grpo_with_vllm_rollouts(tmp_path):
     out, data = tmp_path / "grpo", tmp_path / "data"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
+        sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
         "rollout.engine=vllm", "rollout.vllm_enforce_eager=true", "rollout.cpu_kv_cache_gib=0.5",
         f"data.prepare_dir={data}", f"data.train_files=[{data / 'rl.parquet'}]", f"data.val_files=[{data / 'val.parquet'}]",
         "data.rollout_batch_size=8", "actor.num_workers=1", "actor.global_batch_size=32", "actor.micro_batch_size=16",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.engines.hf import HFEngine
 from ovlt_rl.models.loading import load_processor, resolve_model_path

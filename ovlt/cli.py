@@ -14,7 +14,7 @@
     ovlt config COMMAND recipe=... [key=value ...]             print the resolved config and exit
 
 Every command takes `recipe=NAME` (recipes/NAME.yaml or recipes/NAME/COMMAND.yaml) and
-`section.key=value` overrides of the typed tree in ovlt_rl/config.py. Shorthands: `model=X`
+`section.key=value` overrides of the typed tree in ovlt/config.py. Shorthands: `model=X`
 means `model.path=X`; for eval, `benchmark=`, `data=` and `responses=` set eval.benchmarks,
 eval.data and eval.responses.
 """
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import sys
 
-from ovlt_rl.config import ConfigError, load_config, to_yaml  # noqa: E402 (imports no Ray)
+from ovlt.config import load_config  # imports no Ray
+from ovlt_rl.config import ConfigError, to_yaml
 
 # Shorthand keys, per command, and the tree fields they stand for.
 _ALIASES = {
@@ -89,19 +90,15 @@ def _dispatch(command: str, rest: list[str]) -> int:
         return 0
     if command in ("sft", "grpo", "cycle", "eval"):
         cfg = load_config(command, _expand_aliases(command, rest))
-        from ovlt_rl.models.paths import check_command_models
+        _check_command_models(cfg, command)  # a bad model path: one line now, not a traceback later
+        if command in ("sft", "grpo"):
+            from ovlt.run_data import ensure_data
+            from ovlt_rl.controller import run_grpo, run_sft
 
-        check_command_models(cfg, command)  # a bad model path: one line now, not a traceback later
-        if command == "sft":
-            from ovlt_rl.controller import run_sft
-
-            run_sft(cfg)
-        elif command == "grpo":
-            from ovlt_rl.controller import run_grpo
-
-            run_grpo(cfg)
+            ensure_data(cfg)
+            (run_sft if command == "sft" else run_grpo)(cfg)
         elif command == "cycle":
-            from ovlt_rl.cycle import run_cycle
+            from ovlt.cycle import run_cycle
 
             run_cycle(cfg)
         else:
@@ -110,6 +107,18 @@ def _dispatch(command: str, rest: list[str]) -> int:
             run_eval(cfg)
         return 0
     raise ConfigError(f"unknown command {command!r}; run `ovlt --help`")
+
+
+def _check_command_models(cfg, command: str) -> None:
+    """The model settings `command` loads at its start (checked before the engine is imported; the
+    loops check again for callers that skip the CLI). Preparation's models are checked when it
+    starts (data_prep.config.check_prepare_models), a cycle's later stages' when they start."""
+    from ovlt_rl.models.paths import check_model_path
+
+    if command in ("sft", "grpo") or (command == "eval" and not cfg.eval.responses):
+        check_model_path(cfg.model.path, "model.path")
+    elif command == "cycle":
+        check_model_path(cfg.cycle.base_model, "cycle.base_model")
 
 
 def _prepare(rest: list[str]) -> int:
