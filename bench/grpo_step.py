@@ -114,7 +114,7 @@ def overrides(args, model_dir: str, data: Path, out: Path) -> list[str]:
         f"actor.global_batch_size={per_update}", f"actor.micro_batch_size={per_update // args.policy_gpus}",
         f"actor.max_tokens_per_micro_batch={args.max_tokens}", f"actor.logprob_max_tokens_per_micro_batch={2 * args.max_tokens}",
         "actor.lr=1e-6", "actor.weight_decay=1e-2", "actor.clip_ratio_low=0.2", "actor.clip_ratio_high=0.3",
-        "actor.use_kl_loss=true", "actor.kl_coef=1e-2", "actor.kl_type=low_var_kl", "reference.enabled=true",
+        "actor.use_kl_loss=true", "actor.kl_coef=1e-2", "actor.kl_type=low_var_kl",
         "reward.fn=openvlthinker", "reward.num_workers=4",
         f"trainer.device={args.device}", f"trainer.total_steps={args.steps}", "trainer.val_every=0",
         "trainer.val_before_train=false", "trainer.save_hf=false", "trainer.loggers=[console,jsonl]", f"trainer.output_dir={out}",

@@ -99,6 +99,14 @@ class DistillConfig:
     """Reasoner token limit (engine)."""
     caption_max_new_tokens: int = 512
     """Captioner token limit (engine, greedy)."""
+
+
+@dataclass
+class SimulateConfig:
+    """The embedded synthetic task's stand-ins for the paper's models (distill.captioner=scene,
+    distill.reasoner=programmatic) and the flaws of real models they imitate, so that the filters
+    and GRPO have work to do. Not read with engine models."""
+
     wrong_rate: float = 0.25
     """Programmatic reasoner: chance a sample misreads the scene."""
     reflect_rate: float = 0.25
@@ -199,6 +207,8 @@ class PrepareConfig:
     """Hold out this many pool rows as val.parquet (non-synthetic pools)."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Iteration-1 distillation."""
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    """The synthetic task's simulated captioner and reasoner."""
     self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
     """Sampling from the previous GRPO model."""
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -225,14 +235,15 @@ def validate_prepare(p: PrepareConfig) -> None:
     check(p.synthetic or bool(p.sources), "sources", "no sources and prepare.synthetic is false: nothing to prepare")
     check(p.distill.captioner in ("scene", "engine"), "distill.captioner", f"unknown {p.distill.captioner!r}")
     check(p.distill.reasoner in ("programmatic", "engine"), "distill.reasoner", f"unknown {p.distill.reasoner!r}")
-    check(0.0 <= p.distill.restate_rate <= 1.0, "distill.restate_rate", f"must be within [0, 1], got {p.distill.restate_rate}")
-    check(0.0 <= p.distill.vague_rate <= 1.0, "distill.vague_rate", f"must be within [0, 1], got {p.distill.vague_rate}")
-    check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
-          "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
-    if p.distill.vague_families is not None:
-        unknown = [f for f in p.distill.vague_families if f not in FAMILIES]
-        check(bool(p.distill.vague_families) and not unknown, "distill.vague_families",
-              f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
+    sim = p.simulate
+    check(0.0 <= sim.restate_rate <= 1.0, "simulate.restate_rate", f"must be within [0, 1], got {sim.restate_rate}")
+    check(0.0 <= sim.vague_rate <= 1.0, "simulate.vague_rate", f"must be within [0, 1], got {sim.vague_rate}")
+    check(sim.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
+          "simulate.vague_rate", "a weak captioner is simulated only for distill.captioner=scene with distill.reasoner=programmatic")
+    if sim.vague_families is not None:
+        unknown = [f for f in sim.vague_families if f not in FAMILIES]
+        check(bool(sim.vague_families) and not unknown, "simulate.vague_families",
+              f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {sim.vague_families!r}")
     if p.mode == "distill":
         check(p.distill.k >= 1, "distill.k", f"must be >= 1, got {p.distill.k}")
         if p.distill.captioner == "engine":

@@ -36,8 +36,6 @@ class ModelConfig:
     """Keep the vision encoder (and merger) fixed during training."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
-    tiny_seed: int = 0
-    """Seed of the tiny model when `path` is "tiny"."""
 
 
 @dataclass
@@ -193,14 +191,7 @@ class ActorConfig:
 
 
 @dataclass
-class ReferenceConfig:
-    enabled: bool = True
-    """Compute reference log-probs (needed by the KL loss). Held as a frozen copy on the policy workers."""
-
-
-@dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"
     norm_adv_by_std: bool = True
     """False gives Dr.GRPO (no division by the group std)."""
     dynamic_sampling: bool = False
@@ -283,7 +274,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -393,8 +383,6 @@ def validate(cfg: Config, command: str) -> None:
         for name in ("max_memory_mb", "max_cpu_seconds", "max_file_size_mb", "max_processes", "max_output_bytes"):
             value = getattr(cfg.reward, name)
             check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
-        if a.use_kl_loss:
-            check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -96,7 +96,6 @@ class PolicyWorker:
             backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
             device_id=self.device if use_cuda else None,
         )
-        self.nonfinite_skips = 0
         self.opt_steps = 0
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -126,7 +125,7 @@ class PolicyWorker:
         self.policy.train()
 
         self.ref = None
-        if cfg.reference.enabled and cfg.actor.use_kl_loss:
+        if cfg.actor.use_kl_loss:
             ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=cfg.model.attn_implementation)
             ref.requires_grad_(False)
             self._prepare_attention(ref, compute_dtype)
@@ -256,9 +255,6 @@ class PolicyWorker:
             self.optimizer.step()
             self.scheduler.step()
             self.opt_steps += 1
-            self.nonfinite_skips = 0
-        else:
-            self.nonfinite_skips += 1
         self.optimizer.zero_grad(set_to_none=True)
         return gn, ok
 

@@ -139,7 +139,7 @@ def test_config_errors_name_the_field():
     check(["prepare.filters.reflection_mode=maybe"], "prepare.filters.reflection_mode")
     check(["prepare.mix.sft_total=0"], "prepare.mix.sft")  # weights given but no total
     check(["prepare.distill.captioner=engine"], "prepare.distill.captioner_model")
-    check(["prepare.distill.vague_families=[charts]"], "prepare.distill.vague_families")
+    check(["prepare.simulate.vague_families=[charts]"], "prepare.simulate.vague_families")
     check(["prepare.filters.contamination_keys=[pixels]"], "prepare.filters.contamination_keys")
 
 

@@ -22,10 +22,10 @@ def test_recipe_data_made_with_other_prepare_settings_is_named_in_a_warning(tmp_
         ensure_data(cfg)  # same settings: reused
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
-        made["prepare"]["distill"]["restate_rate"] = 0.9
+        made["prepare"]["simulate"]["restate_rate"] = 0.9
         made["prepare"]["filters"]["pick"] = "longest"
         (out / "manifest.json").write_text(json.dumps({"config": made}))
         ensure_data(cfg)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 1 and "(prepare.distill.restate_rate, prepare.filters.pick differ)" in warned[0]
+    assert len(warned) == 1 and "(prepare.filters.pick, prepare.simulate.restate_rate differ)" in warned[0]
     assert (out / "sft.parquet").exists()  # nothing deleted

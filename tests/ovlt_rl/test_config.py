@@ -31,7 +31,7 @@ def test_defaults_and_overrides_are_typed():
         ([TRAIN, "rollout.n=3", "data.rollout_batch_size=8", "actor.global_batch_size=8", "actor.micro_batch_size=1"], "actor.global_batch_size"),
         ([TRAIN, "actor.lr_schedule=linearish"], "actor.lr_schedule"),
         ([TRAIN, "rollout.temperature=0"], "rollout.temperature"),
-        ([TRAIN, "reference.enabled=false"], "reference.enabled"),
+        ([TRAIN, "reference.enabled=false"], "reference"),  # retired: the reference model exists exactly when actor.use_kl_loss
         ([TRAIN, "reward.max_memory_mb=-1"], "reward.max_memory_mb"),
         ([TRAIN, "reward.max_processes=-5"], "reward.max_processes"),
         (["trainer.loggers=[console,carrier_pigeon]", TRAIN], "trainer.loggers"),

@@ -128,12 +128,12 @@ def test_nonfinite_loss_skips_the_update(model_path):
     samples[0]["advantages"][-1] = float("nan")
     m = w.update_policy(samples, 10.0)
     assert m["actor/skipped"] == 1.0
-    assert w.nonfinite_skips == 1 and w.opt_steps == 0
+    assert w.opt_steps == 0
     after = _params(w)
     assert all(torch.equal(before[k], after[k]) for k in before)
     samples[0]["advantages"][-1] = 1.0
     m = w.update_policy(samples, 10.0)
-    assert m["actor/skipped"] == 0.0 and w.opt_steps == 1 and w.nonfinite_skips == 0
+    assert m["actor/skipped"] == 0.0 and w.opt_steps == 1
     w.shutdown()
 
 
