@@ -63,7 +63,7 @@ def sync_ranks(cfg: Config, n_rollout_workers: int, engine: str) -> tuple[list[i
 class Run:
     """What both loops need: output folder, model path, processor, Ray, workers, checkpoints."""
 
-    def __init__(self, cfg: Config, kind: str):
+    def __init__(self, cfg: Config):
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.config_change import check_resume_config
         from ovlt_rl.data.formats import require_sources
@@ -76,7 +76,7 @@ class Run:
         # (The reference model is a copy of model.path.)
         check_model_path(cfg.model.path, "model.path")
         absolute_paths(cfg)
-        self.cfg, self.kind = cfg, kind
+        self.cfg = cfg
         self.out = Path(cfg.trainer.output_dir)
         # Held until shutdown (or the process's end, however it ends): one run per output folder.
         self.lock = OutputLock(self.out).acquire()
@@ -357,7 +357,7 @@ def run_grpo(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
     from ovlt_rl.models.sequences import make_sample
 
-    run = Run(cfg, "grpo")
+    run = Run(cfg)
     reward_fn = None
     try:  # until the loop's own try: release the workers and the output folder's lock on failure
         train, val = _open_datasets(cfg, run.processor, sft=False)
@@ -580,7 +580,7 @@ def run_sft(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
     from ovlt_rl.models.sequences import sft_sample
 
-    run = Run(cfg, "sft")
+    run = Run(cfg)
     reward_fn = None
     try:  # until the loop's own try: release the workers and the output folder's lock on failure
         train, val = _open_datasets(cfg, run.processor, sft=True)
