@@ -39,7 +39,7 @@ from ovlt_rl.models.dtype import resolve_dtype
 from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.rendezvous import tcp_store
-from ovlt_rl.models.sequences import build_batch, token_logprobs
+from ovlt_rl.models.sequences import build_batch, predicted_tokens, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +278,7 @@ class PolicyWorker:
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx], keys)
             logp, ent = self.policy(batch, with_entropy=True, entropy_grad=bool(a.entropy_coef), temperature=temperature)
-            mask = batch["loss_mask"].bool()
-            mask[:, 0] = False
+            mask = predicted_tokens(batch["loss_mask"])
             if dummy:
                 (logp[mask].sum() * 0.0).backward()
                 continue
@@ -318,8 +317,7 @@ class PolicyWorker:
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx])
             logp, _ = self.policy(batch)
-            mask = batch["loss_mask"].bool()
-            mask[:, 0] = False
+            mask = predicted_tokens(batch["loss_mask"])
             if dummy:
                 (logp[mask].sum() * 0.0).backward()
                 continue
@@ -339,8 +337,7 @@ class PolicyWorker:
         lps = self.compute_logprobs(samples, "policy", self.cfg.actor.micro_batch_size)
         sums, counts = [], []
         for lp, s in zip(lps, samples):
-            m = s["loss_mask"].bool().clone()
-            m[0] = False
+            m = predicted_tokens(s["loss_mask"])
             sums.append(float(-(lp[m]).sum()))
             counts.append(float(m.sum()))
         return sums, counts
