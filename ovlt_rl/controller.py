@@ -355,7 +355,7 @@ def run_grpo(cfg: Config) -> Path:
     import reward
     from ovlt_rl.algos import dynamic_sampling_keep, grpo_advantages, loss_denominator, rewards_tensor
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.models.sequences import make_sample
+    from ovlt_rl.models.sequences import make_sample, predicted_tokens
 
     run = Run(cfg)
     reward_fn = None
@@ -472,8 +472,7 @@ def run_grpo(cfg: Config) -> Path:
             for _epoch in range(a.ppo_epochs):
                 for mb in range(minibatches):
                     mb_samples = samples[mb * a.global_batch_size : (mb + 1) * a.global_batch_size]
-                    mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in mb_samples], batch_first=True)
-                    mask[:, 0] = 0
+                    mask = predicted_tokens(torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in mb_samples], batch_first=True))
                     denom = loss_denominator(mask, a.loss_agg_mode)
                     results = run.policy.call_split("update_policy", split_for_ranks(mb_samples, world), float(max(1, denom)), r.temperature)
                     for res in results:
@@ -578,7 +577,7 @@ def _val_loss(run: Run, samples: list[dict]) -> float:
 def run_sft(cfg: Config) -> Path:
     import reward
     from ovlt_rl.data.loader import EpochIterator
-    from ovlt_rl.models.sequences import sft_sample
+    from ovlt_rl.models.sequences import predicted_tokens, sft_sample
 
     run = Run(cfg)
     reward_fn = None
@@ -608,8 +607,7 @@ def run_sft(cfg: Config) -> Path:
             t0 = time.perf_counter()
             items, used = train.batch(next(sampler), within=n_train)  # refilled where an image fails to decode
             samples = [sft_sample(it) for it in items]
-            mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
-            mask[:, 0] = 0
+            mask = predicted_tokens(torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True))
             denom = float(max(1, int(mask.sum())))
             results = run.policy.call_split("sft_step", split_for_ranks(samples, world), denom)
             skipped = int(results[0]["sft/skipped"])
