@@ -126,6 +126,9 @@ PHASES = ["generate", "reward", "old_logprob", "ref_logprob", "update", "sync"]
 
 
 def main() -> None:
+    from ovlt.cli import configure_logging
+
+    configure_logging()
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["7b", "3b", "tiny"], default="7b")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")

@@ -404,7 +404,6 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     shards are reused, everything after them is recomputed (it is cheap) and rewritten."""
     import reward
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p: PrepareConfig = cfg.prepare
     validate_prepare(p)
     check_prepare_models(p)

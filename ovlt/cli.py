@@ -21,6 +21,7 @@ eval.data and eval.responses.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from ovlt.config import load_config  # imports no Ray
@@ -57,12 +58,19 @@ def _kv(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def configure_logging() -> None:
+    """INFO and up to stderr, with times: the entry points' choice (library code only logs)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
+    if command != "reward":  # `ovlt reward` has its own format (reward/cli.py)
+        configure_logging()
     from ovlt_rl import loopback
 
     loopback.apply(rest)  # before anything imports Ray
@@ -161,8 +169,6 @@ def _prepare(rest: list[str]) -> int:
 
 def _export(args: list[str]) -> int:
     """ovlt export run=OUTPUT_DIR [step=N] [out=DIR] [dtype=auto|bf16|fp32] [force=true]"""
-    import logging
-
     from ovlt_rl.checkpoint import CheckpointError
     from ovlt_rl.checkpoint_export import export_checkpoint
 
@@ -176,7 +182,6 @@ def _export(args: list[str]) -> int:
     force = opts.get("force", "false").lower()
     if force not in ("true", "false"):
         raise ConfigError(f"force={force!r}: expected true or false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         path = export_checkpoint(opts["run"], step=None if step is None else int(step), out=opts.get("out"),
                                  dtype=opts.get("dtype", "auto"), force=force == "true")

@@ -140,7 +140,6 @@ def _run_cycle(cfg: AppConfig) -> Path:
     from ovlt_rl.controller import run_grpo, run_sft
     from ovlt_rl.report import write_report
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     c = cfg.cycle
     cyc = Cycle(cfg)
     root = cyc.root
