@@ -71,7 +71,6 @@ class Run:
         from ovlt_rl.models.paths import check_model_path
         from ovlt_rl.run_lock import OutputLock
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
         # (The reference model is a copy of model.path.)
         check_model_path(cfg.model.path, "model.path")
