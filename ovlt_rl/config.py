@@ -103,14 +103,20 @@ class RolloutConfig:
     n: int = 5
     """Responses per prompt (the GRPO group size)."""
     temperature: float = 1.0
+    """Sampling temperature of the GRPO rollouts; the old, reference and current log-probs use it too
+    (logits / T), so the ratio and the KL are those of the distribution sampled from."""
     top_p: float = 1.0
+    """Nucleus sampling threshold of the rollouts (1: off)."""
     top_k: int = -1
     """-1 disables top-k."""
     stop: list[str] = field(default_factory=list)
     """Extra stop strings (the model's EOS always stops)."""
     val_temperature: float = 0.5
+    """Sampling temperature of validation generations."""
     val_top_p: float = 1.0
+    """Nucleus sampling threshold of validation generations."""
     val_n: int = 1
+    """Responses generated per validation prompt."""
     micro_batch_size: int = 64
     """Sequences generated at once per worker by the hf engine."""
     hf_fast_decode: str = "auto"
@@ -131,9 +137,11 @@ class RolloutConfig:
     cpu_kv_cache_gib: float = 1.0
     """vLLM on CPU: KV cache size in GiB (there vLLM would read gpu_memory_utilization as a share of RAM)."""
     enable_prefix_caching: bool = True
+    """vLLM: reuse the KV cache of a prompt prefix shared by requests (the n samples of a group)."""
     limit_images_per_prompt: int = 1
     """vLLM limit_mm_per_prompt for images."""
     seed: int = 0
+    """vLLM engine seed (the requests' own seeds come from trainer.seed and the step)."""
     weight_sync: str = "auto"
     """"object_store" (full state dict through Ray; CPU and any engine), "nccl" (bucketed broadcast
     from policy rank 0 over an NCCL group; GPU, hf engine), or "auto" (nccl when both sides are on GPU
@@ -153,9 +161,13 @@ class ActorConfig:
     micro_batch_size: int = 4
     """Samples per forward/backward per rank."""
     ppo_epochs: int = 1
+    """Passes over a step's samples, each pass one optimizer step per mini-batch."""
     lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
     weight_decay: float = 1e-2
+    """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW (beta1, beta2)."""
     lr_schedule: str = "constant"
     """"constant" or "cosine" (after warmup)."""
     warmup_ratio: float = 0.0
@@ -163,17 +175,24 @@ class ActorConfig:
     min_lr_ratio: float = 0.0
     """Cosine floor as a fraction of lr."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this before each optimizer step."""
     clip_ratio_low: float = 0.2
+    """PPO clip: the ratio is kept above 1 - clip_ratio_low."""
     clip_ratio_high: float = 0.3
+    """PPO clip: the ratio is kept below 1 + clip_ratio_high (DAPO's clip-higher when above the low one)."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound for negative advantages (0 disables)."""
     loss_agg_mode: str = "token-mean"
     """"token-mean", "seq-mean-token-sum" or "seq-mean-token-mean"."""
     use_kl_loss: bool = True
+    """Add kl_coef x KL(policy || reference) to the loss; the reference model (a frozen copy of
+    model.path on the policy ranks) is loaded exactly when this is on."""
     kl_coef: float = 1e-2
+    """Weight of the KL loss."""
     kl_type: str = "low_var_kl"
     """"k1", "k2"/"mse", "k3"/"low_var_kl"."""
     entropy_coef: float = 0.0
+    """Weight of an entropy bonus (subtracted from the loss); 0: none."""
     reshard_after_forward: bool = True
     """FSDP2: free gathered parameters after each forward (less memory) or keep them for the
     backward (one all-gather less per layer and micro-batch)."""
@@ -233,23 +252,31 @@ class RewardConfig:
 @dataclass
 class TrainerConfig:
     output_dir: str = "outputs/run"
+    """The run's folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, hf/ (one run at a time: .lock)."""
     total_steps: int = 0
     """Optimizer steps (sft) or GRPO steps; 0 = derived from total_epochs."""
     total_epochs: int = 1
+    """Passes over the training rows when total_steps is 0."""
     val_every: int = 10
     """Validate every this many steps (and at step 0 and the end); 0 disables."""
     val_before_train: bool = True
+    """Validate at step 0, before any update (with val_every > 0)."""
     save_every: int = 10
     """Checkpoint every this many steps (and at the end); 0 = only at the end."""
     keep_checkpoints: int = 2
+    """Committed checkpoints kept; older ones are deleted."""
     seed: int = 1
+    """Seed of the data order, the policy's initial state and the rollouts' sampling."""
     device: str = "auto"
     """"auto", "cpu" or "cuda"."""
     loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
     """Any of console, jsonl, tensorboard, wandb."""
     project: str = "ovlt"
+    """wandb project."""
     experiment: str = ""
+    """wandb run name ("": wandb picks one)."""
     num_val_generations_logged: int = 8
+    """Validation generations written to generations.jsonl (and the loggers) per validation."""
     ray_address: str = ""
     """"" starts a local Ray on 127.0.0.1; "auto" joins the cluster of `ray job submit`."""
     ray_num_cpus: int = 0
