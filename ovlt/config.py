@@ -107,6 +107,25 @@ def resolve_recipe(name: str, command: str):
     raise ConfigError(f"recipe={name}: no recipe file for command {command!r} (tried {tried})")
 
 
+def recipe_tree(name: str, command: str, _chain: tuple[Path, ...] = ()):
+    """The YAML of `recipe=NAME`, merged over the recipes its `defaults` list names (in order, each
+    found like recipe=NAME, Hydra's idiom): one recipe holds what several share and each of the
+    others only what differs, e.g. openvlthinker/iter2_grpo is openvlthinker/grpo with its paths."""
+    from omegaconf import DictConfig, OmegaConf
+
+    path = resolve_recipe(name, command).resolve()
+    if path in _chain:
+        raise ConfigError(f"recipe={name}: its defaults come back to it ({' -> '.join(p.name for p in (*_chain, path))})")
+    tree = OmegaConf.load(path)
+    if not isinstance(tree, DictConfig):
+        raise ConfigError(f"recipe={name}: {path} is not a mapping of config sections")
+    bases = tree.pop("defaults", [])
+    bases = list(bases) if OmegaConf.is_list(bases) else bases
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"recipe={name}: defaults must be a list of recipe names, got {bases!r}")
+    return OmegaConf.merge(*(recipe_tree(b, command, (*_chain, path)) for b in bases), tree)
+
+
 def load_config(command: str, args: list[str]) -> AppConfig:
     """Build the config of one command from `recipe=NAME` and `key=value` arguments.
 
@@ -131,8 +150,7 @@ def load_config(command: str, args: list[str]) -> AppConfig:
     OmegaConf.set_struct(cfg.reward.kwargs, False)  # the user's function's own keyword arguments: any keys
     try:
         if recipe:
-            path = resolve_recipe(recipe, command)
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, recipe_tree(recipe, command))
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
