@@ -155,7 +155,7 @@ def _profile_update(w, samples, denom, args) -> None:
 
 
 def _rank(rank, world, port, args, model_dir, q):
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
     from ovlt_rl.workers.policy import PolicyWorker, worker_settings
     from transformers import AutoConfig
 
@@ -168,7 +168,7 @@ def _rank(rank, world, port, args, model_dir, q):
     cfg = load_config("grpo", [
         f"model.path={model_dir}", "model.gradient_checkpointing=true", f"trainer.device={args.device}",
         "model.dtype=" + ("bf16" if args.device == "cuda" else "fp32"),
-        "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false", "reference.enabled=false",
+        "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false",
         f"actor.micro_batch_size={args.micro}", f"actor.global_batch_size={n_total}", "rollout.n=1",
         f"data.rollout_batch_size={n_total}", "actor.lr=1e-6", "actor.reshard_after_forward=false",
         "actor.padding_free=true", f"actor.max_tokens_per_micro_batch={args.max_tokens}",

@@ -116,7 +116,7 @@ def overrides(args, model_dir: str, data: Path, out: Path) -> list[str]:
         f"actor.global_batch_size={per_update}", f"actor.micro_batch_size={per_update // args.policy_gpus}",
         f"actor.max_tokens_per_micro_batch={args.max_tokens}", f"actor.logprob_max_tokens_per_micro_batch={2 * args.max_tokens}",
         "actor.lr=1e-6", "actor.weight_decay=1e-2", "actor.clip_ratio_low=0.2", "actor.clip_ratio_high=0.3",
-        "actor.use_kl_loss=true", "actor.kl_coef=1e-2", "actor.kl_type=low_var_kl", "reference.enabled=true",
+        "actor.use_kl_loss=true", "actor.kl_coef=1e-2", "actor.kl_type=low_var_kl",
         "reward.fn=openvlthinker", "reward.num_workers=4",
         f"trainer.device={args.device}", f"trainer.total_steps={args.steps}", "trainer.val_every=0",
         "trainer.val_before_train=false", "trainer.save_hf=false", "trainer.loggers=[console,jsonl]", f"trainer.output_dir={out}",
@@ -128,6 +128,9 @@ PHASES = ["generate", "reward", "old_logprob", "ref_logprob", "update", "sync"]
 
 
 def main() -> None:
+    from ovlt.cli import configure_logging
+
+    configure_logging()
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", choices=["7b", "3b", "tiny"], default="7b")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -158,9 +161,9 @@ def main() -> None:
     data = write_prompts(work / "rl.parquet", args.prompts * (args.steps + 1), args.image_size)
     print(f"model and data ready in {time.perf_counter() - t0:.0f} s: {model_dir}")
 
+    from ovlt.config import load_config
     from ovlt_rl import controller
     from ovlt_rl.driver.run import Run
-    from ovlt_rl.config import load_config
 
     out = work / "run"
     shutil.rmtree(out, ignore_errors=True)

@@ -79,7 +79,7 @@ def make_prompts(n: int, seed: int, prompt_tokens: int = 1024) -> list[dict]:
 
 
 def engine_config(model_dir: str, new_tokens: int, extra: list[str]):
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
 
     return load_config("grpo", ["data.train_files=[x]", "rollout.engine=vllm", "data.max_prompt_length=1100",
                                 f"data.max_response_length={new_tokens}", "trainer.device=cuda", f"model.path={model_dir}",

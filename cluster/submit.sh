@@ -6,7 +6,7 @@
 #
 # The second form infers the command from the file name (..._sft.yaml -> sft, grpo, cycle, eval,
 # prepare) and runs `ovlt COMMAND recipe=FILE key=value ...`. Inside the job `ovlt` runs as
-# `python -m ovlt_rl.cli` from the uploaded repo, so the job's Python needs only the dependencies
+# `python -m ovlt.cli` from the uploaded repo, so the job's Python needs only the dependencies
 # (on the nodes, or through runtime_env.yaml's pip list), not an installed ovlt. The driver joins
 # the cluster through the RAY_ADDRESS that Ray sets for jobs.
 #
@@ -80,16 +80,16 @@ if [[ "${cmd[0]}" == *.yaml || "${cmd[0]}" == *.yml ]]; then
     cmd=(ovlt "$command" "recipe=$recipe" "${cmd[@]:1}")
 fi
 
-# `ovlt ...` -> `python -m ovlt_rl.cli ...` (no console script needed in the job's environment).
+# `ovlt ...` -> `python -m ovlt.cli ...` (no console script needed in the job's environment).
 if [[ "${cmd[0]}" == "ovlt" ]]; then
-    cmd=(python -m ovlt_rl.cli "${cmd[@]:1}")
+    cmd=(python -m ovlt.cli "${cmd[@]:1}")
     if [[ -z "$submission_id" && ${#cmd[@]} -gt 3 ]]; then
         submission_id="ovlt-${cmd[3]}-$(date +%Y%m%d-%H%M%S)-$RANDOM"
     fi
 fi
 if [[ -n "$submission_id" ]]; then job_opts+=(--submission-id "$submission_id"); fi
 if [[ -n "$chdir" ]]; then
-    # Ray prepends the uploaded copy to PYTHONPATH, so `python -m ovlt_rl.cli` still finds it.
+    # Ray prepends the uploaded copy to PYTHONPATH, so `python -m ovlt.cli` still finds it.
     cmd=(sh -c 'cd "$0" && exec "$@"' "$chdir" "${cmd[@]}")
 fi
 

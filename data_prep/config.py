@@ -1,4 +1,4 @@
-"""The `prepare` section of the config tree (see ovlt_rl/config.py): data preparation.
+"""The `prepare` section of the config tree (see ovlt/config.py): data preparation.
 
 `ovlt prepare recipe=...` reads it (data_prep/pipeline.py). Two modes:
 
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES
+from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES, FAMILIES
+from ovlt_rl.config import ConfigError, any_of, check_choices, one_of
+from ovlt_rl.models.paths import check_model_path
 
 # The instruction the paper appends to questions; questions are compared without it.
 PAPER_PROMPT_SUFFIX = "You FIRST think about the reasoning process as an internal monologue and then provide the final answer."
@@ -37,7 +39,7 @@ class SourceConfig:
     """Adapter name: a dataset of data_prep/sources (figureqa, geos, ..., scienceqa) or "parquet" (rows of our schema)."""
     path: str = ""
     """The local copy: a parquet/JSON file or a folder, in the dataset's published form."""
-    form: str = ""
+    form: str = one_of("", "native", "llava")
     """"native" (the dataset's own published form), "llava" (MathV360K / LLaVA-OneVision conversations), or "" (the source's default)."""
     image_root: str = ""
     """Folder that relative image paths in the copy are resolved against (empty: the copy's own folder)."""
@@ -73,9 +75,9 @@ class MixConfig:
 
 @dataclass
 class DistillConfig:
-    captioner: str = "scene"
+    captioner: str = one_of("scene", "engine")
     """"scene" (the synthetic task's scene description, extra_info["caption"]) or "engine" (a VLM)."""
-    reasoner: str = "programmatic"
+    reasoner: str = one_of("programmatic", "engine")
     """"programmatic" (data_prep/reasoner.py, synthetic task only) or "engine" (a text reasoning model)."""
     captioner_model: str = ""
     """HF folder of the captioning VLM (captioner=engine), e.g. Qwen2.5-VL-3B-Instruct."""
@@ -97,6 +99,14 @@ class DistillConfig:
     """Reasoner token limit (engine)."""
     caption_max_new_tokens: int = 512
     """Captioner token limit (engine, greedy)."""
+
+
+@dataclass
+class SimulateConfig:
+    """The embedded synthetic task's stand-ins for the paper's models (distill.captioner=scene,
+    distill.reasoner=programmatic) and the flaws of real models they imitate, so that the filters
+    and GRPO have work to do. Not read with engine models."""
+
     wrong_rate: float = 0.25
     """Programmatic reasoner: chance a sample misreads the scene."""
     reflect_rate: float = 0.25
@@ -119,19 +129,19 @@ class FilterConfig:
     """A response is correct when the reward (reward.fn against the ground truth) is at least this."""
     max_words: int = 500
     """Keep responses with fewer words than this (the paper: under 500); 0 disables."""
-    reflection_mode: str = "remove_sentences"
+    reflection_mode: str = one_of("remove_sentences", "drop_sample", "off")
     """"remove_sentences", "drop_sample" or "off"."""
     reflection_phrases: list[str] = field(default_factory=lambda: list(DEFAULT_REFLECTION_PHRASES))
     """Phrases that mark a reflection (case-insensitive, whole words)."""
     dedup: bool = True
     """Drop repeats of (image, question, response)."""
-    contamination_keys: list[str] = field(default_factory=lambda: ["image", "question"])
+    contamination_keys: list[str] = any_of(("image", "question"), ["image", "question"])
     """What makes a training row contaminated: any of "image" (same image bytes), "question" (same normalised text)."""
     eval_files: list[str] = field(default_factory=list)
     """Parquet files (our schema) of evaluation sets that training rows must not overlap."""
     question_boilerplate: list[str] = field(default_factory=lambda: [PAPER_PROMPT_SUFFIX])
     """Instruction texts removed before comparing questions."""
-    pick: str = "shortest"
+    pick: str = one_of("shortest", "longest", "random")
     """Which correct response to keep per question: "shortest", "longest" or "random"."""
     write_variants: bool = False
     """Also write sft_unfiltered / sft_length / sft_noreflect.parquet (the paper's filter ablation)."""
@@ -185,7 +195,7 @@ class PrepareConfig:
     """Side of the synthetic images in pixels."""
     families: list[str] = field(default_factory=list)
     """Synthetic families (empty: all)."""
-    mode: str = "distill"
+    mode: str = one_of("distill", "self_improve")
     """"distill" (iteration 1: captioner -> text reasoner) or "self_improve" (iteration i+1: the GRPO model answers)."""
     synthetic: bool = False
     """Use the synthetic task: make train/val/test in synthetic_dir if missing; train is the pool, val/test are copied."""
@@ -197,6 +207,8 @@ class PrepareConfig:
     """Hold out this many pool rows as val.parquet (non-synthetic pools)."""
     distill: DistillConfig = field(default_factory=DistillConfig)
     """Iteration-1 distillation."""
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    """The synthetic task's simulated captioner and reasoner."""
     self_improve: SelfImproveConfig = field(default_factory=SelfImproveConfig)
     """Sampling from the previous GRPO model."""
     filters: FilterConfig = field(default_factory=FilterConfig)
@@ -209,31 +221,27 @@ class PrepareConfig:
     """Questions per generation shard (a committed shard is never redone on resume)."""
     batch_size: int = 32
     """Questions per engine generate call."""
-    device: str = "auto"
+    device: str = one_of("auto", "cpu", "cuda")
     """Engine device: "auto", "cpu" or "cuda"."""
 
 
 def validate_prepare(p: PrepareConfig) -> None:
     """Checks run by `ovlt prepare` before any work; messages name the field."""
-    from ovlt_rl.config import ConfigError
-
     def check(cond: bool, name: str, msg: str) -> None:
         if not cond:
             raise ConfigError(f"prepare.{name}: {msg}")
 
-    check(p.mode in ("distill", "self_improve"), "mode", f"unknown {p.mode!r}; expected distill or self_improve")
+    check_choices(p, "prepare.")
     check(p.synthetic or bool(p.sources), "sources", "no sources and prepare.synthetic is false: nothing to prepare")
-    check(p.distill.captioner in ("scene", "engine"), "distill.captioner", f"unknown {p.distill.captioner!r}")
-    check(p.distill.reasoner in ("programmatic", "engine"), "distill.reasoner", f"unknown {p.distill.reasoner!r}")
-    check(0.0 <= p.distill.restate_rate <= 1.0, "distill.restate_rate", f"must be within [0, 1], got {p.distill.restate_rate}")
-    check(0.0 <= p.distill.vague_rate <= 1.0, "distill.vague_rate", f"must be within [0, 1], got {p.distill.vague_rate}")
-    check(p.distill.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
-          "distill.vague_rate", "a weak captioner is simulated only for captioner=scene with reasoner=programmatic")
-    if p.distill.vague_families is not None:
-        from data_prep.reasoner import FAMILIES
-        unknown = [f for f in p.distill.vague_families if f not in FAMILIES]
-        check(bool(p.distill.vague_families) and not unknown, "distill.vague_families",
-              f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {p.distill.vague_families!r}")
+    sim = p.simulate
+    check(0.0 <= sim.restate_rate <= 1.0, "simulate.restate_rate", f"must be within [0, 1], got {sim.restate_rate}")
+    check(0.0 <= sim.vague_rate <= 1.0, "simulate.vague_rate", f"must be within [0, 1], got {sim.vague_rate}")
+    check(sim.vague_rate == 0.0 or (p.distill.captioner == "scene" and p.distill.reasoner == "programmatic"),
+          "simulate.vague_rate", "a weak captioner is simulated only for distill.captioner=scene with distill.reasoner=programmatic")
+    if sim.vague_families is not None:
+        unknown = [f for f in sim.vague_families if f not in FAMILIES]
+        check(bool(sim.vague_families) and not unknown, "simulate.vague_families",
+              f"expected a non-empty list of {', '.join(FAMILIES)} (or null for all), got {sim.vague_families!r}")
     if p.mode == "distill":
         check(p.distill.k >= 1, "distill.k", f"must be >= 1, got {p.distill.k}")
         if p.distill.captioner == "engine":
@@ -246,12 +254,7 @@ def validate_prepare(p: PrepareConfig) -> None:
         check(bool(p.self_improve.model_path), "self_improve.model_path", "mode=self_improve needs the GRPO model folder")
         check(p.self_improve.k >= 1, "self_improve.k", f"must be >= 1, got {p.self_improve.k}")
     f = p.filters
-    check(f.reflection_mode in ("remove_sentences", "drop_sample", "off"), "filters.reflection_mode",
-          f"unknown {f.reflection_mode!r}; expected remove_sentences, drop_sample or off")
-    check(f.pick in ("shortest", "longest", "random"), "filters.pick", f"unknown {f.pick!r}")
     check(f.max_words >= 0, "filters.max_words", f"must be >= 0, got {f.max_words}")
-    for key in f.contamination_keys:
-        check(key in ("image", "question"), "filters.contamination_keys", f"unknown key {key!r}; expected image or question")
     for stage in ("sft", "rl"):
         total = getattr(p.mix, f"{stage}_total")
         check(total >= 0, f"mix.{stage}_total", f"must be >= 0, got {total}")
@@ -268,10 +271,8 @@ def validate_prepare(p: PrepareConfig) -> None:
         check(p.difficulty.n >= 2, "difficulty.n", f"must be >= 2 (1..n-1 correct), got {p.difficulty.n}")
     check(p.shard_size >= 1, "shard_size", f"must be >= 1, got {p.shard_size}")
     check(p.batch_size >= 1, "batch_size", f"must be >= 1, got {p.batch_size}")
-    check(p.device in ("auto", "cpu", "cuda"), "device", f"unknown {p.device!r}")
     for i, s in enumerate(p.sources):
         check(bool(s.name) and bool(s.path), f"sources[{i}]", "needs a name and a path")
-        check(s.form in ("", "native", "llava"), f"sources[{i}].form", f"unknown {s.form!r}; expected native or llava")
 
 
 def check_prepare_models(p: PrepareConfig) -> None:
@@ -279,8 +280,6 @@ def check_prepare_models(p: PrepareConfig) -> None:
     config.json, tiny/tiny-pretrained or a cached Hub id; ovlt_rl/models/paths.py). Run when the
     preparation starts, not in `validate_prepare`: a cycle builds iteration 2's config (whose
     sampler is iteration 1's GRPO model) before that model exists."""
-    from ovlt_rl.models.paths import check_model_path  # here: ovlt_rl.config imports this module
-
     d = p.distill
     if p.mode == "distill":
         if d.captioner == "engine":

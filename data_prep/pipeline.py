@@ -249,14 +249,14 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
     from data_prep import distill as D
     from data_prep.engine_io import load_engine
 
-    p, d = cfg.prepare, cfg.prepare.distill
+    p, d, sim = cfg.prepare, cfg.prepare.distill, cfg.prepare.simulate
     if d.captioner == "scene":
         manifest.data["models"]["captioner"] = "scene description (extra_info.caption)"
     else:
         rows = _caption_pass(cfg, rows, out_dir, manifest, on_shard)
         _release_memory()
     if d.reasoner == "programmatic":
-        reasoner = D.ProgrammaticTextReasoner(d.wrong_rate, d.reflect_rate, d.verbose_rate, restate_rate=d.restate_rate)
+        reasoner = D.ProgrammaticTextReasoner(sim.wrong_rate, sim.reflect_rate, sim.verbose_rate, restate_rate=sim.restate_rate)
         manifest.data["models"]["reasoner"] = "programmatic (data_prep/reasoner.py)"
     else:
         engine, maker = load_engine(cfg, d.reasoner_model)
@@ -268,7 +268,7 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
         out: Rows = []
         for b, batch in enumerate(_batches(shard, p.batch_size)):
             seed = seed_for(seed_for(p.seed, index), b)
-            got, stats = D.distill(batch, D.StoredCaptioner(d.vague_rate, seed, d.vague_families), reasoner, d.k, seed)
+            got, stats = D.distill(batch, D.StoredCaptioner(sim.vague_rate, seed, sim.vague_families), reasoner, d.k, seed)
             for key, v in stats.items():
                 totals[key] = totals.get(key, 0) + v
             out += got
@@ -404,7 +404,6 @@ def run_prepare(cfg, *, on_shard_committed: OnShard | None = None) -> Path:
     shards are reused, everything after them is recomputed (it is cheap) and rewritten."""
     import reward
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     p: PrepareConfig = cfg.prepare
     validate_prepare(p)
     check_prepare_models(p)

@@ -447,3 +447,16 @@ def text_corpus(n: int = 2000, seed: int = 0) -> list[str]:
         texts += [s.question, f"{s.question}\n{PROMPT_SUFFIX}", s.caption, s.answer]
         texts += reasoner.answer(s.caption, s.question, family, k=1)
     return texts
+
+
+def write_tiny_corpus() -> Path:
+    """Rewrite the tiny model's shipped tokenizer corpus (ovlt_rl/models/tiny_corpus.json.gz) from
+    `text_corpus(seed=0)`; byte-identical for the same text (no timestamp in the gzip header)."""
+    import gzip
+    import json
+
+    from ovlt_rl.models.tiny import CORPUS_FILE
+
+    text = json.dumps(text_corpus(seed=0), ensure_ascii=False, indent=0)
+    CORPUS_FILE.write_bytes(gzip.compress(text.encode(), mtime=0))
+    return CORPUS_FILE

@@ -34,7 +34,7 @@ def main() -> None:
     rows = []
     for engine in args.engines:
         run_dir = out / engine
-        cmd = [sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
+        cmd = [sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
                f"rollout.engine={engine}", "trainer.device=cuda", "actor.gpus_per_worker=0.5", "rollout.gpus_per_worker=0.5",
                "rollout.gpu_memory_utilization=0.3", f"data.prepare_dir={data}", f"data.train_files=[{data / 'rl.parquet'}]",
                f"data.val_files=[{data / 'val.parquet'}]", f"trainer.output_dir={run_dir}", "trainer.loggers=[jsonl]", *overrides]

@@ -33,12 +33,12 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(args.data).resolve()
     if not (data / "ablation" / "sft_unfiltered.parquet").exists():
-        subprocess.run([sys.executable, "-m", "ovlt_rl.cli", "prepare", "recipe=tiny", f"prepare.output_dir={data}",
+        subprocess.run([sys.executable, "-m", "ovlt.cli", "prepare", "recipe=tiny", f"prepare.output_dir={data}",
                         "prepare.filters.write_variants=true"], check=True, cwd=REPO)
     rows = []
     for v in VARIANTS:
         out = Path(args.out).resolve() / v
-        cmd = [sys.executable, "-m", "ovlt_rl.cli", "sft", "recipe=tiny", f"data.train_files=[{data}/ablation/sft_{v}.parquet]",
+        cmd = [sys.executable, "-m", "ovlt.cli", "sft", "recipe=tiny", f"data.train_files=[{data}/ablation/sft_{v}.parquet]",
                f"data.val_files=[{data}/val.parquet]", "data.max_response_length=1024", "data.max_prompt_length=256",
                "data.max_val_samples=0", "data.prepare_recipe=''", f"trainer.output_dir={out}", *args.overrides]
         subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})

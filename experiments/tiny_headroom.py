@@ -69,7 +69,7 @@ def main() -> None:
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
 
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
     from ovlt_rl.driver.datasets import open_datasets
     from ovlt_rl.engines.base import SamplingParams
     from ovlt_rl.engines.hf import HFEngine

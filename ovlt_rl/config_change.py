@@ -12,7 +12,9 @@ two different ones without anybody noticing. On resume the new config is compare
 
 A field the tree gained since the checkpoint was written counts as changed from its default: the
 run that wrote the checkpoint used the default, so a new value there is a change like any other
-(refused if it is a meaning field). A field the tree lost is logged. User dictionaries
+(refused if it is a meaning field). A field that moved (RENAMED) is compared at its new place; a
+field the tree lost is logged (those retired because nothing read them could not have changed a
+run: algorithm.adv_estimator, model.tiny_seed, reference.enabled). User dictionaries
 (`reward.kwargs`) are compared whole: a key added, removed or changed in them is a change of
 that field.
 """
@@ -86,6 +88,12 @@ class ConfigChangeRefused(ValueError):
     """A resume with a config whose meaning fields differ from the checkpoint's."""
 
 
+RENAMED: dict[str, str] = {
+    f"prepare.distill.{k}": f"prepare.simulate.{k}"
+    for k in ("wrong_rate", "reflect_rate", "verbose_rate", "restate_rate", "vague_rate", "vague_families")
+}
+"""Old key -> new key, for checkpoints whose config.yaml predates a move."""
+
 OPAQUE = ("reward.kwargs",)
 """Dictionaries of the user's own keys: compared as one value."""
 
@@ -109,6 +117,7 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any],
 
     `defaults` is the config tree's defaults: what the saved run used for a field it did not have yet."""
     a, b, d = _flatten(saved), _flatten(new), _flatten(defaults)
+    a = {RENAMED.get(k, k): v for k, v in a.items()}
     harmless, meaning = [], []
     for key in sorted(b):
         if key in a:

@@ -31,7 +31,7 @@ from ovlt_rl.driver.run import Run, is_step
 from ovlt_rl.driver.samples import advantage_samples, attach, batch_denominator, minibatches
 from ovlt_rl.driver.timer import PhaseTimer
 from ovlt_rl.driver.validation import logprob_agreement, val_loss, validate
-from ovlt_rl.workers.sequences import sft_sample
+from ovlt_rl.models.sequences import sft_sample
 
 log = logging.getLogger("ovlt")
 
@@ -44,7 +44,7 @@ def run_grpo(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
 
     a, r, d = cfg.actor, cfg.rollout, cfg.data
-    with Run(cfg, prepare_data=ensure_data) as run:
+    with Run(cfg) as run:
         train, val = open_datasets(cfg, run.processor, sft=False)
         steps = total_steps(cfg, len(train), d.rollout_batch_size)
         n_minibatches = d.rollout_batch_size * r.n // a.global_batch_size
@@ -144,7 +144,7 @@ def run_sft(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
 
     a = cfg.actor
-    with Run(cfg, prepare_data=ensure_data) as run:
+    with Run(cfg) as run:
         train, val = open_datasets(cfg, run.processor, sft=True)
         # Held-out rows for the validation loss: the last ones, never trained on.
         n_loss = int(len(train) * cfg.data.val_loss_fraction)
@@ -190,60 +190,3 @@ def sft_step(run: Run, train, sampler, n_train: int) -> dict[str, Any]:
         "throughput/tokens_per_s": sum(int(len(s["input_ids"])) for s in samples) / step_s,
         "timing/step_s": step_s,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# Data for a run
-
-
-def ensure_data(cfg: Config) -> None:
-    """Tiny recipes name `data.prepare_recipe`: if their files are missing, make them first with the
-    data-preparation pipeline (synthetic task -> distillation -> filters -> mix) into `data.prepare_dir`."""
-    from ovlt_rl.data.formats import source_exists
-
-    files = list(cfg.data.train_files) + list(cfg.data.val_files)
-    missing = [f for f in files if not source_exists(f)]
-    if not cfg.data.prepare_recipe:
-        if missing:
-            raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
-        return
-    from data_prep.pipeline import run_prepare
-    from ovlt_rl.config import load_config
-
-    out = cfg.data.prepare_dir or str(Path((missing or files)[0]).parent)
-    prep = load_config("prepare", [f"recipe={cfg.data.prepare_recipe}", f"prepare.output_dir={out}"])
-    if not missing:
-        _check_prepared_with(prep, cfg.data.prepare_recipe, Path(out))
-        return
-    log.info("data files missing (%s): running `ovlt prepare recipe=%s` into %s", ", ".join(missing), cfg.data.prepare_recipe, out)
-    run_prepare(prep)
-    still = [f for f in files if not source_exists(f)]
-    if still:
-        raise FileNotFoundError(f"data preparation in {out} did not produce {', '.join(still)}")
-
-
-def _check_prepared_with(prep: Any, recipe: str, out: Path) -> None:
-    """Files made earlier by `ovlt prepare` with other settings than the recipe's are used (a smaller
-    or custom preparation is legitimate), but never silently: a folder left by an older recipe
-    (another distillation, other filters) trains on data the recipe no longer describes."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    manifest = out / "manifest.json"
-    if not manifest.is_file():  # files put there by hand: the user's data, used as given
-        return
-    made = json.loads(manifest.read_text())["config"]["prepare"]
-    want = OmegaConf.to_container(OmegaConf.structured(prep))["prepare"]
-
-    def diff(a: Any, b: Any, path: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(a.keys() | b.keys()) for d in diff(a.get(k), b.get(k), f"{path}.{k}")]
-        return [] if a == b else [path]
-
-    changed = [d for d in diff(made, want, "prepare") if d != "prepare.output_dir"]
-    if changed:
-        log.warning(
-            "%s was made by `ovlt prepare` with other settings than recipe %s has now (%s differ); using it "
-            "as it is. Delete %s to remake it with the recipe's settings.", out, recipe, ", ".join(changed), out,
-        )

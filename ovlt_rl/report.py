@@ -3,7 +3,7 @@
     python -m ovlt_rl.report outputs/cycle            # writes outputs/cycle/report.md (+ PNGs)
     python -m ovlt_rl.report --run outputs/run        # one run's metrics.jsonl -> metrics.png
 
-Inputs, written by the cycle (ovlt_rl/cycle.py) and the trainers (ovlt_rl/tracking.py):
+Inputs, written by the cycle (ovlt/cycle.py) and the trainers (ovlt_rl/tracking.py):
 
 - `cycle_dir/cycle_report.json`: {"base_val_accuracy": x, "stages": [{"name": "sft-1",
   "kind": "sft", "iteration": 1, "val_accuracy": ..., "output_dir": "..."}, ...]}; a relative

@@ -85,6 +85,18 @@ def source_exists(spec: str | os.PathLike) -> bool:
     return path.is_file() or path.is_dir()
 
 
+def missing_sources(specs: list[str]) -> list[str]:
+    """The data files (or folders) of `specs` that are not there."""
+    return [s for s in specs if not source_exists(s)]
+
+
+def require_sources(specs: list[str]) -> None:
+    """FileNotFoundError naming every data file (or folder) of `specs` that is not there."""
+    missing = missing_sources(specs)
+    if missing:
+        raise FileNotFoundError(f"data files not found: {', '.join(missing)}")
+
+
 def _arrow_files(folder: Path, split: str | None) -> list[Path]:
     if (folder / "dataset_dict.json").is_file():  # a saved DatasetDict: one saved Dataset per split
         splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]

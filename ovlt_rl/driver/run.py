@@ -1,7 +1,7 @@
 """The run skeleton both loops share: output folder and its lock, workers, resume, the
 non-finite streak, per-step logging and checkpoints, the final model, and shutdown.
 
-    with Run(cfg, prepare_data=ensure_data) as run:     # closes everything however the block ends
+    with Run(cfg) as run:                                # closes everything however the block ends
         run.start_workers(total_opt_steps=..., with_rollout=...)
         start = run.begin(sampler, train, total_steps, "grpo")   # resume (or not), config.yaml, tracker
         for step in range(start + 1, total_steps + 1):
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,14 @@ log = logging.getLogger("ovlt")
 class Run:
     """What both loops need: output folder, model path, processor, Ray workers, checkpoints, tracker."""
 
-    def __init__(self, cfg: Config, *, prepare_data: Callable[[Config], None]):
-        """`prepare_data(cfg)` makes the data files when the recipe says how (controller.ensure_data)."""
+    def __init__(self, cfg: Config):
         from ovlt_rl.checkpoint import CheckpointManager
         from ovlt_rl.config_change import check_resume_config
+        from ovlt_rl.data.formats import require_sources
         from ovlt_rl.models.loading import load_processor, resolve_model_path
         from ovlt_rl.models.paths import check_model_path
         from ovlt_rl.run_lock import OutputLock
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # Before anything starts: a bad path is one line naming it, not a Hub error from a worker.
         # (The reference model is a copy of model.path.)
         check_model_path(cfg.model.path, "model.path")
@@ -55,7 +53,7 @@ class Run:
             if newest is not None:  # before any work: a resume under a changed meaning stops here
                 check_resume_config(newest[1] / "config.yaml", cfg)
             self.model_path = resolve_model_path(cfg.model.path)
-            prepare_data(cfg)
+            require_sources([*cfg.data.train_files, *cfg.data.val_files])  # a recipe's files: made before the run (ovlt/run_data.py)
             self.processor = load_processor(self.model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
             self.pad_id = self.processor.tokenizer.pad_token_id
         except BaseException:

@@ -9,7 +9,7 @@ import torch
 
 from ovlt_rl.algos import grpo_advantages, loss_denominator, rewards_tensor
 from ovlt_rl.driver.rollouts import Rollouts
-from ovlt_rl.workers.sequences import make_sample
+from ovlt_rl.models.sequences import make_sample, predicted_tokens
 
 
 def advantage_samples(batch: Rollouts, n: int, *, norm_by_std: bool) -> tuple[list[dict[str, Any]], torch.Tensor]:
@@ -41,6 +41,5 @@ def batch_denominator(samples: list[dict[str, Any]], agg_mode: str) -> float:
     """The loss normaliser of a whole (mini-)batch across ranks (algos.loss_denominator of its
     loss masks; at least 1), which every rank's micro-batches divide by so that their summed
     gradients are the batch's."""
-    mask = torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True)
-    mask[:, 0] = 0
+    mask = predicted_tokens(torch.nn.utils.rnn.pad_sequence([s["loss_mask"] for s in samples], batch_first=True))
     return float(max(1, loss_denominator(mask, agg_mode)))

@@ -69,7 +69,7 @@ def val_loss(policy: PolicyGroup, samples: list[dict[str, Any]]) -> float:
 def logprob_agreement(policy: PolicyGroup, rollout: RolloutGroup, prompts: list[dict[str, Any]],
                       responses: list[list[int]], micro_batch_size: int) -> float:
     """Mean |rollout log-prob - policy log-prob| over the same response tokens after a sync."""
-    from ovlt_rl.workers.sequences import make_sample
+    from ovlt_rl.models.sequences import make_sample
 
     rollout_lps = rollout.compute_logprobs(prompts, responses)
     samples = [make_sample(p, rsp) for p, rsp in zip(prompts, responses)]

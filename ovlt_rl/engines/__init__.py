@@ -10,7 +10,7 @@ log = logging.getLogger(__name__)
 
 
 def engine_dtype(cfg, device: torch.device) -> torch.dtype:
-    from ovlt_rl.workers.policy import resolve_dtype
+    from ovlt_rl.models.dtype import resolve_dtype
 
     return resolve_dtype(cfg.model.dtype, device)
 

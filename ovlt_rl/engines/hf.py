@@ -229,7 +229,7 @@ class HFEngine:
     @torch.no_grad()
     def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
         """Teacher-forced log-probs of each response token given its prompt (temperature 1)."""
-        from ovlt_rl.workers.sequences import build_sequences, sequence_logprobs
+        from ovlt_rl.models.sequences import build_sequences, sequence_logprobs
 
         out: list[list[float]] = []
         for start in range(0, len(prompts), self.micro_batch_size):

@@ -42,15 +42,15 @@ def tiny_model_dir(cache_dir: str | os.PathLike | None = None, seed: int = 0) ->
     from ovlt_rl.models.tiny import TINY_BUILDER_VERSION  # noqa: PLC0415
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return cache / f"tiny-qwen2_5_vl-v{TINY_BUILDER_VERSION}-seed{seed}-{_corpus_fingerprint(seed)[:12]}"
+    return cache / f"tiny-qwen2_5_vl-v{TINY_BUILDER_VERSION}-seed{seed}-{_corpus_fingerprint()[:12]}"
 
 
 @functools.cache
-def _corpus_fingerprint(seed: int) -> str:
-    # Generating the corpus takes ~0.3 s; once per process is enough.
+def _corpus_fingerprint() -> str:
+    # Reading the corpus takes ~0.1 s; once per process is enough.
     from ovlt_rl.models.tiny import corpus_fingerprint, default_corpus  # noqa: PLC0415
 
-    return corpus_fingerprint(default_corpus(seed=seed))
+    return corpus_fingerprint(default_corpus())
 
 
 def ensure_tiny_model(target: Path, seed: int = 0, log=None) -> Path:

@@ -79,13 +79,3 @@ def _looks_like_hub_id(value: str) -> bool:
     except HFValidationError:
         return False
     return True
-
-
-def check_command_models(cfg, command: str) -> None:
-    """The model settings `command` loads at its start (the CLI calls this before importing the
-    engine; the loops check again for callers that skip the CLI). Preparation's models are checked
-    when it starts (data_prep.config.check_prepare_models), a cycle's later stages' when they start."""
-    if command in ("sft", "grpo") or (command == "eval" and not cfg.eval.responses):
-        check_model_path(cfg.model.path, "model.path")
-    elif command == "cycle":
-        check_model_path(cfg.cycle.base_model, "cycle.base_model")

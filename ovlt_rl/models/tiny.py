@@ -4,8 +4,8 @@ How it works: `build_tiny_model` makes a folder that loads exactly like a real Q
 (`Qwen2_5_VLForConditionalGeneration.from_pretrained`, the processor, vLLM on GPU machines), with
 nothing downloaded:
 
-1. a byte-level BPE tokenizer trained with `tokenizers` on the synthetic task's text
-   (`data_prep.synthetic.text_corpus()` when that module provides it, else a built-in corpus), with
+1. a byte-level BPE tokenizer trained with `tokenizers` on the synthetic task's text (shipped as
+   tiny_corpus.json.gz, the same for every seed: the seed picks the weights), with
    Qwen's pre-tokenizer (digits split one by one), Qwen2.5-VL's 14 special tokens placed after the
    learned vocabulary (as in the real tokenizer) and the real Qwen2.5-VL chat template;
 2. a Qwen2.5-VL config shrunk to ~1.5 M parameters (text: hidden 128, 4 layers, 4 heads, 2 KV heads;
@@ -20,12 +20,10 @@ a temporary sibling and renamed into place, so a reader never sees half a model.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
-import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -87,39 +85,17 @@ _ALWAYS_IN_CORPUS = [
 ]
 
 
-def builtin_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    """Small English/maths text in the synthetic task's vocabulary (used until data_prep has one)."""
-    rng = random.Random(seed)
-    colors = ["red", "blue", "green", "yellow", "purple", "orange", "black", "gray"]
-    shapes = ["circle", "square", "triangle", "star", "rectangle", "bar", "line", "dot"]
-    lines = []
-    for _ in range(n):
-        c, s, k = rng.choice(colors), rng.choice(shapes), rng.randint(0, 12)
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        kind = rng.randrange(5)
-        if kind == 0:
-            lines.append(f"How many {c} {s}s are in the image? There are {k} {c} {s}s.")
-        elif kind == 1:
-            lines.append(f"<think>I count the {s}s one by one: {', '.join(str(i + 1) for i in range(k))}.</think> <answer>{k}</answer>")
-        elif kind == 2:
-            lines.append(f"Which {s} is longer, the {c} one or the {rng.choice(colors)} one? The {c} {s} is longer.")
-        elif kind == 3:
-            lines.append(f"What value does the {c} bar show? The bar reaches {a}, so the answer is {a}.")
-        else:
-            lines.append(f"{a} + {b} = {a + b}. {a} - {b} = {a - b}. Is {a} greater than {b}? {'Yes' if a > b else 'No'}.")
-    return lines
+CORPUS_FILE = Path(__file__).parent / "tiny_corpus.json.gz"
 
 
-def default_corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    """`data_prep.synthetic.text_corpus(n, seed)` when that function exists, else `builtin_corpus`.
-
-    The import is lazy (data_prep is optional for the engine); errors *inside* data_prep propagate.
+def default_corpus() -> list[str]:
+    """The tokenizer corpus shipped with the package: the synthetic task's text
+    (`data_prep.synthetic.text_corpus(seed=0)`), saved as data so that the model layer does not
+    import the data-preparation layer above it. `tests/ovlt_rl/models/test_models_tiny.py` fails
+    when the task's text drifts from it; rewrite it with
+    `python -c "from data_prep.synthetic import write_tiny_corpus; write_tiny_corpus()"`.
     """
-    if importlib.util.find_spec("data_prep") is not None and importlib.util.find_spec("data_prep.synthetic") is not None:
-        synthetic = importlib.import_module("data_prep.synthetic")
-        if hasattr(synthetic, "text_corpus"):
-            return list(synthetic.text_corpus(n=n, seed=seed))
-    return builtin_corpus(n=n, seed=seed)
+    return json.loads(gzip.decompress(CORPUS_FILE.read_bytes()))
 
 
 def corpus_fingerprint(corpus: list[str]) -> str:
@@ -256,7 +232,7 @@ def build_tiny_model(
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; remove it or build elsewhere")
     if corpus is None:
-        corpus = default_corpus(seed=seed)
+        corpus = default_corpus()
     if not corpus:
         raise ValueError("the tokenizer corpus is empty")
 

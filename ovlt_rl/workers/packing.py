@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from ovlt_rl.workers.sequences import build_batch
+from ovlt_rl.models.sequences import build_batch
 
 
 def _cost(group: list[int], lengths: list[int], padded: bool) -> int:

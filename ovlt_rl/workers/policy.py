@@ -35,10 +35,11 @@ from torch.distributed.constants import default_pg_timeout
 
 from ovlt_rl.algos import kl_loss, masked_nll, policy_loss
 from ovlt_rl.config import ActorConfig, Config, ModelConfig
+from ovlt_rl.models.dtype import resolve_dtype
 from ovlt_rl.workers.packed_attention import kernel_for, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
 from ovlt_rl.workers.rendezvous import tcp_store
-from ovlt_rl.workers.sequences import build_batch, token_logprobs
+from ovlt_rl.models.sequences import build_batch, predicted_tokens, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,6 @@ class _Forward(nn.Module):
 
     def forward(self, batch: dict[str, Any], *, temperature: float, with_entropy: bool = False, entropy_grad: bool = False):
         return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, temperature=temperature)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
 def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> _Forward:
@@ -89,7 +84,7 @@ def worker_settings(cfg: Config) -> dict[str, Any]:
     actor) and, of the others, `device` (trainer.device), the `seed` of its initialisation
     (trainer.seed) and whether it holds a reference copy for the KL loss."""
     return dict(model=cfg.model, actor=cfg.actor, device=cfg.trainer.device, seed=cfg.trainer.seed,
-                with_reference=cfg.reference.enabled and cfg.actor.use_kl_loss)
+                with_reference=cfg.actor.use_kl_loss)
 
 
 class PolicyWorker:
@@ -112,7 +107,6 @@ class PolicyWorker:
             backend="nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world_size,
             device_id=self.device if use_cuda else None,
         )
-        self.nonfinite_skips = 0
         self.opt_steps = 0
 
     # -- set-up ----------------------------------------------------------------------------------
@@ -271,9 +265,6 @@ class PolicyWorker:
             self.optimizer.step()
             self.scheduler.step()
             self.opt_steps += 1
-            self.nonfinite_skips = 0
-        else:
-            self.nonfinite_skips += 1
         self.optimizer.zero_grad(set_to_none=True)
         return gn, ok
 
@@ -297,8 +288,7 @@ class PolicyWorker:
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx], keys)
             logp, ent = self.policy(batch, temperature=temperature, with_entropy=True, entropy_grad=bool(a.entropy_coef))
-            mask = batch["loss_mask"].bool()
-            mask[:, 0] = False
+            mask = predicted_tokens(batch["loss_mask"])
             if dummy:
                 (logp[mask].sum() * 0.0).backward()
                 continue
@@ -337,8 +327,7 @@ class PolicyWorker:
         for idx, dummy in self._plan(samples, a.micro_batch_size, a.max_tokens_per_micro_batch):
             batch = self._batch([samples[i] for i in idx])
             logp, _ = self.policy(batch, temperature=1.0)  # the model's own distribution
-            mask = batch["loss_mask"].bool()
-            mask[:, 0] = False
+            mask = predicted_tokens(batch["loss_mask"])
             if dummy:
                 (logp[mask].sum() * 0.0).backward()
                 continue
@@ -358,8 +347,7 @@ class PolicyWorker:
         lps = self.compute_logprobs(samples, which="policy", micro_batch_size=self.actor.micro_batch_size, temperature=1.0)
         out = []
         for lp, s in zip(lps, samples):
-            m = s["loss_mask"].bool().clone()
-            m[0] = False
+            m = predicted_tokens(s["loss_mask"])
             out.append((float(-(lp[m]).sum()), float(m.sum())))
         return out
 

@@ -35,7 +35,7 @@ class RolloutWorker:
         self.sync_pg = init_sync_group(host, port, rank, world_size, self.device)
 
     def receive_weights(self) -> int:
-        from ovlt_rl.workers.policy import resolve_dtype
+        from ovlt_rl.models.dtype import resolve_dtype
         from ovlt_rl.workers.weight_sync import DEFAULT_BUCKET_BYTES, receive_weights
 
         if hasattr(self.engine, "update_weights_from_nccl"):  # vLLM: the dtype and buckets of the policy's send_weights

@@ -81,7 +81,7 @@ class SocketSampler(threading.Thread):
                 # store, gloo) listen on loopback only; a wildcard is allowed only to Ray's daemons
                 # started by `ray start` (not checked here, see README "Safety and networking").
                 # (The command line now: a Ray worker first seen as ray::IDLE may host an actor since.)
-                ours = wildcard and any(k in self._cmdline(procs[c.pid]) for k in ("ovlt_rl.cli", "ray::PolicyWorker", "ray::RolloutWorker"))
+                ours = wildcard and any(k in self._cmdline(procs[c.pid]) for k in ("ovlt.cli", "ray::PolicyWorker", "ray::RolloutWorker"))
                 local_ok = not c.laddr or _is_loopback(c.laddr.ip) or (wildcard and not ours)
                 remote_ok = not c.raddr or _is_loopback(c.raddr.ip)
                 if not (local_ok and remote_ok):
@@ -148,7 +148,7 @@ def cluster(tmp_path_factory):
 def data_dir(tmp_path_factory):
     """A small synthetic data set (the tiny prepare recipe, scaled down), made in this process."""
     from data_prep.pipeline import run_prepare
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
 
     out = tmp_path_factory.mktemp("data")
     run_prepare(load_config("prepare", [
@@ -194,8 +194,8 @@ def test_grpo_job_succeeds_and_writes_outputs(cluster, data_dir, tmp_path):
     res = _submit(cluster, args, 240)
     status, logs = _job_status(cluster, sid)
     assert res.returncode == 0 and status == "SUCCEEDED", f"{status}\n{logs[-6000:]}\n{res.stderr[-2000:]}"
-    # The entrypoint ran the uploaded repo through `python -m ovlt_rl.cli`, not an installed script.
-    assert "python -m ovlt_rl.cli grpo" in logs
+    # The entrypoint ran the uploaded repo through `python -m ovlt.cli`, not an installed script.
+    assert "python -m ovlt.cli grpo" in logs
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all("reward/mean" in r and "actor/pg_loss" in r for r in rows)
@@ -223,5 +223,5 @@ def test_no_socket_leaves_loopback(cluster):
     assert sampler.samples >= 10 and sampler.sockets_seen > 0
     seen = " ".join(sampler.seen_cmdlines.values())
     assert "gcs_server" in seen and "raylet" in seen  # the sampler watched the daemons...
-    assert "ray::PolicyWorker" in seen or "ovlt_rl.cli" in seen  # ...and the jobs' processes
+    assert "ray::PolicyWorker" in seen or "ovlt.cli" in seen  # ...and the jobs' processes
     assert not sampler.bad, "sockets off loopback:\n" + "\n".join(map(str, sorted(sampler.bad)))

@@ -18,6 +18,6 @@ def test_the_shipped_tiny_model_is_uploaded_and_outputs_are_not():
     shipped = "ovlt_rl/models/tiny_pretrained/model.safetensors"
     assert (REPO / shipped).is_file()
     assert not _excluded(shipped)
-    assert not _excluded("ovlt_rl/cli.py")
+    assert not _excluded("ovlt/cli.py")
     for rel in ("outputs/run/hf/model.safetensors", "data/train.parquet", "some/model.safetensors", ".venv/bin/python"):
         assert _excluded(rel), rel

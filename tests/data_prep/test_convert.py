@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ovlt_rl.cli import main
+from ovlt.cli import main
 from ovlt_rl.data.formats import DataFormat, read_source
 from ovlt_rl.data.schema import read_rows
 

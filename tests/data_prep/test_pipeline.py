@@ -12,7 +12,8 @@ import pytest
 from data_prep.pipeline import run_prepare
 from data_prep.reasoner import DEFAULT_REFLECTION_PHRASES
 from data_prep.rows import item_key, word_count
-from ovlt_rl.config import ConfigError, load_config
+from ovlt.config import load_config
+from ovlt_rl.config import ConfigError
 from ovlt_rl.data.schema import read_rows
 
 SMALL = ["prepare.synthetic_train=160", "prepare.synthetic_val=20", "prepare.synthetic_test=20",
@@ -32,7 +33,7 @@ def synthetic_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clean_run(tmp_path_factory, synthetic_dir):
     """One uninterrupted run through the CLI entry point (as `ovlt prepare recipe=tiny ...`)."""
-    from ovlt_rl.cli import main
+    from ovlt.cli import main
 
     out = tmp_path_factory.mktemp("clean")
     args = ["prepare", "recipe=tiny", f"prepare.output_dir={out}", f"prepare.synthetic_dir={synthetic_dir}", *SMALL]
@@ -138,7 +139,7 @@ def test_config_errors_name_the_field():
     check(["prepare.filters.reflection_mode=maybe"], "prepare.filters.reflection_mode")
     check(["prepare.mix.sft_total=0"], "prepare.mix.sft")  # weights given but no total
     check(["prepare.distill.captioner=engine"], "prepare.distill.captioner_model")
-    check(["prepare.distill.vague_families=[charts]"], "prepare.distill.vague_families")
+    check(["prepare.simulate.vague_families=[charts]"], "prepare.simulate.vague_families")
     check(["prepare.filters.contamination_keys=[pixels]"], "prepare.filters.contamination_keys")
 
 

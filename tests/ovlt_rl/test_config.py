@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ovlt_rl.config import RECIPES_DIR, Config, ConfigError, load_config, register_with_hydra, resolve_recipe
+from ovlt.config import RECIPES_DIR, load_config, register_with_hydra, resolve_recipe
+from ovlt_rl.config import Config, ConfigError
 
 TRAIN = "data.train_files=[x.parquet]"
 
@@ -30,7 +31,7 @@ def test_defaults_and_overrides_are_typed():
         ([TRAIN, "rollout.n=3", "data.rollout_batch_size=8", "actor.global_batch_size=8", "actor.micro_batch_size=1"], "actor.global_batch_size"),
         ([TRAIN, "actor.lr_schedule=linearish"], "actor.lr_schedule"),
         ([TRAIN, "rollout.temperature=0"], "rollout.temperature"),
-        ([TRAIN, "reference.enabled=false"], "reference.enabled"),
+        ([TRAIN, "reference.enabled=false"], "reference"),  # retired: the reference model exists exactly when actor.use_kl_loss
         ([TRAIN, "reward.max_memory_mb=-1"], "reward.max_memory_mb"),
         ([TRAIN, "reward.max_processes=-5"], "reward.max_processes"),
         (["trainer.loggers=[console,carrier_pigeon]", TRAIN], "trainer.loggers"),
@@ -98,3 +99,19 @@ def test_hydra_registration():
     register_with_hydra()
     repo = ConfigStore.instance().repo
     assert "ovlt.yaml" in repo and "actor" in repo
+
+
+@pytest.mark.parametrize("command, arg, message", [
+    ("grpo", "actor.kl_type=k9", "actor.kl_type: unknown 'k9'; one of 'low_var_kl', 'k1', 'k2', 'mse', 'k3'"),
+    ("sft", "rollout.weight_sync=carrier", "rollout.weight_sync: unknown 'carrier'; one of 'auto', 'object_store', 'nccl', 'ipc'"),
+    ("grpo", "trainer.loggers=[jsonl,fax]", "trainer.loggers: unknown 'fax'; one of 'console', 'jsonl', 'tensorboard', 'wandb'"),
+    ("prepare", "prepare.filters.pick=median", "prepare.filters.pick: unknown 'median'; one of 'shortest', 'longest', 'random'"),
+    ("prepare", "prepare.sources=[{name: geos, path: x, form: csv}]", "prepare.sources[0].form: unknown 'csv'; one of '', 'native', 'llava'"),
+])
+def test_enum_like_fields_are_checked_at_load_naming_field_and_values(command, arg, message):
+    """One mechanism (ovlt_rl.config.one_of/any_of): the field's choices are declared with it."""
+    with pytest.raises(ConfigError) as e:
+        load_config(command, [TRAIN, "prepare.synthetic=true", arg])
+    assert str(e.value) == message
+    cfg = load_config(command, [TRAIN, "prepare.synthetic=true"])
+    assert isinstance(cfg.actor.kl_type, str) and cfg.actor.kl_type == "low_var_kl"  # plain strings, the first choice

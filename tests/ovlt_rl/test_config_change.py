@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ovlt_rl.checkpoint import CheckpointManager
-from ovlt_rl.config import load_config, to_yaml
+from ovlt.config import load_config
+from ovlt_rl.config import to_yaml
 from ovlt_rl.config_change import ConfigChangeRefused, check_resume_config, config_changes
 from ovlt_rl.controller import run_sft
 from ovlt_rl.driver.run import absolute_paths, write_config
@@ -109,3 +110,35 @@ def test_every_harmless_entry_names_a_field_of_the_tree(tmp_path):
     keys = set(_flatten(_tree(_cfg(tmp_path))))
     for entry in HARMLESS_ON_RESUME:
         assert any(k == entry or k.startswith(entry + ".") for k in keys), entry
+
+
+def test_a_checkpoint_written_before_fields_were_retired_or_moved_resumes(tmp_path, caplog):
+    """Fields nothing read (algorithm.adv_estimator, model.tiny_seed, reference.enabled) were removed
+    and the simulation knobs moved from prepare.distill to prepare.simulate: an older checkpoint's
+    config.yaml still holds them. The resume goes on, names each retired field in the log, and
+    compares a moved one at its new place (a harmless change: sft and grpo don't read prepare)."""
+    out = tmp_path / "run"
+    cfg = _cfg(out)
+    old = _tree(cfg)
+    old["algorithm"]["adv_estimator"] = "grpo"
+    old["model"]["tiny_seed"] = 0
+    old["reference"] = {"enabled": True}
+    sim = old["prepare"].pop("simulate")
+    old["prepare"]["distill"].update({**sim, "restate_rate": 0.7})  # a recipe's value, not the default
+    harmless, meaning, lost = config_changes(old, _tree(cfg), _tree(cfg))
+    assert meaning == [] and harmless == [f"prepare.simulate.restate_rate: 0.7 -> {sim['restate_rate']!r}"]
+    assert lost == [f"{k} (only in the saved config)" for k in ["algorithm.adv_estimator", "model.tiny_seed", "reference.enabled"]]
+
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(OmegaConf.create(old)))
+    with caplog.at_level("INFO", logger="ovlt"):
+        assert check_resume_config(saved, cfg) == harmless
+    assert "resume: config field reference.enabled (only in the saved config)" in caplog.text
+    assert "resume: config field algorithm.adv_estimator (only in the saved config)" in caplog.text
+
+
+def test_every_renamed_field_lands_on_a_field_of_the_tree(tmp_path):
+    from ovlt_rl.config_change import RENAMED, _flatten
+
+    keys = set(_flatten(_tree(_cfg(tmp_path))))
+    assert set(RENAMED.values()) <= keys and not set(RENAMED) & keys

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "coming-from-verl-easyr1.md"

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1].parent
 def _sft(data: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "ovlt_rl.cli", "sft", "recipe=tiny", "model.path=tiny", "data.prepare_recipe=''",
+    cmd = [sys.executable, "-m", "ovlt.cli", "sft", "recipe=tiny", "model.path=tiny", "data.prepare_recipe=''",
            f"data.train_files=[{data}]", "data.val_files=[]", "data.shuffle=false", "data.val_loss_fraction=0",
            "data.max_bad_fraction=0.1", "actor.num_workers=2", "actor.global_batch_size=8", "actor.micro_batch_size=4",
            f"trainer.total_steps={steps}", "trainer.save_every=1", "trainer.loggers=[jsonl]",

@@ -11,7 +11,7 @@ import pickle
 import pytest
 
 from ovlt_rl.checkpoint import CheckpointError
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.config_change import ConfigChangeRefused
 from ovlt_rl.controller import run_sft
 

@@ -12,9 +12,9 @@ import shutil
 import pytest
 import torch
 
-from ovlt_rl.cli import main
+from ovlt.cli import main
 from ovlt_rl.controller import run_sft
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.data.schema import write_rows
 
 pytestmark = pytest.mark.slow

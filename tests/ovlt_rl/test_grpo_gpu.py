@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_tiny_grpo_on_gpus(tmp_path, policy_gpus):
     out = tmp_path / "grpo"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny",
+        sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny",
         f"data.prepare_dir={tmp_path / 'data'}",
         f"data.train_files=[{tmp_path / 'data' / 'rl.parquet'}]", f"data.val_files=[{tmp_path / 'data' / 'val.parquet'}]",
         f"actor.num_workers={policy_gpus}", "actor.gpus_per_worker=1", "rollout.gpus_per_worker=1",

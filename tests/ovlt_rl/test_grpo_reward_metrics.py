@@ -33,7 +33,7 @@ def test_reward_parts_reach_the_grpo_metrics(tmp_path, image_row):
     (tmp_path / "lengths.py").write_text(textwrap.dedent(REWARD))
     out = tmp_path / "grpo"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny",
+        sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny",
         f"data.train_files=[{tmp_path / 'rl.parquet'}]", "data.val_files=[]", "data.prepare_recipe=''",
         "data.rollout_batch_size=2", "rollout.n=2", "data.max_response_length=16",
         "actor.num_workers=1", "actor.global_batch_size=4", "actor.micro_batch_size=4", "actor.use_kl_loss=false",

@@ -17,7 +17,7 @@ def _run_tiny_grpo(tmp_path, *extra):
     """3 steps of the tiny GRPO recipe with the vLLM engine; returns (log, metrics of steps > 0)."""
     out, data = tmp_path / "grpo", tmp_path / "data"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
+        sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny-pretrained",
         "rollout.engine=vllm", "rollout.vllm_enforce_eager=true", *extra,
         f"data.prepare_dir={data}", f"data.train_files=[{data / 'rl.parquet'}]", f"data.val_files=[{data / 'val.parquet'}]",
         "data.rollout_batch_size=8", "actor.num_workers=1", "actor.global_batch_size=32", "actor.micro_batch_size=16",

@@ -98,7 +98,7 @@ def test_local_grpo_run_listens_and_talks_only_on_loopback(tmp_path, image_row, 
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "OVLT_ALLOW_NETWORK")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny", "data.prepare_recipe=''",
+    cmd = [sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny", "data.prepare_recipe=''",
            f"data.train_files=[{data}]", "data.val_files=[]", "data.rollout_batch_size=4", "rollout.n=4",
            "actor.num_workers=2", "actor.global_batch_size=16", "actor.micro_batch_size=8",
            "data.max_response_length=16", "trainer.total_steps=2", "trainer.val_before_train=false",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.controller import run_sft
 from ovlt_rl.run_lock import OutputFolderInUse, OutputLock
 

@@ -28,7 +28,7 @@ def _digest(path: Path) -> str:
 def _grpo(tmp_path: Path, data: Path, args: list[str]) -> tuple[dict, list[dict]]:
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "grpo", "recipe=tiny", "model.path=tiny",
+        sys.executable, "-m", "ovlt.cli", "grpo", "recipe=tiny", "model.path=tiny",
         f"data.train_files=[{data}]", f"data.val_files=[{data}]", "data.prepare_recipe=''",
         "data.rollout_batch_size=2", "rollout.n=2", "data.max_response_length=16", "data.val_batch_size=4",
         "actor.num_workers=1", "actor.global_batch_size=4", "actor.micro_batch_size=4", "actor.use_kl_loss=false",

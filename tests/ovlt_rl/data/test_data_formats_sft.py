@@ -30,7 +30,7 @@ def test_sft_from_sharegpt_json_exports_in_the_training_dtype(tmp_path, png_byte
     before = data.read_bytes()
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "ovlt_rl.cli", "sft", "recipe=tiny", "model.path=tiny", "model.dtype=bf16",
+        sys.executable, "-m", "ovlt.cli", "sft", "recipe=tiny", "model.path=tiny", "model.dtype=bf16",
         "data.format=sharegpt", f"data.train_files=[{data}]", f"data.image_dir={media}", "data.val_files=[]",
         "data.prepare_recipe=''", "actor.num_workers=1", "actor.global_batch_size=4", "actor.micro_batch_size=4",
         "trainer.total_steps=1", "trainer.save_hf=true", "trainer.hf_max_shard_size=2MB", "trainer.loggers=[jsonl]",

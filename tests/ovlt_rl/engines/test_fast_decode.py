@@ -195,7 +195,7 @@ def test_fast_decode_switch(tiny_model_dir, tiny_model, tiny_processor):
     assert use_fast_decode(True, torch.device("cpu")) and not use_fast_decode("False", torch.device("cuda"))
     with pytest.raises(ValueError, match="rollout.hf_fast_decode: unknown 'fast'"):
         use_fast_decode("fast", torch.device("cpu"))
-    from ovlt_rl.config import load_config
+    from ovlt.config import load_config
     from ovlt_rl.engines import make_engine
 
     cfg = load_config("grpo", ["data.train_files=[x]", "rollout.hf_fast_decode=on", "trainer.device=cpu"])

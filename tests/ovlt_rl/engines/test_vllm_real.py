@@ -86,7 +86,7 @@ def _flat(items, groups):
 def _sampling_logprobs(model, prompts, responses, pad_id, forbidden, temperature) -> list[list[float]]:
     """Log-probs of the responses under the sampling distribution, from the transformers model:
     softmax(logits / T) with the forbidden (vision) tokens removed, as vLLM's logit bias does."""
-    from ovlt_rl.workers.sequences import build_sequences, hidden_states
+    from ovlt_rl.models.sequences import build_sequences, hidden_states
 
     batch = build_sequences(prompts, responses, pad_id)
     with torch.no_grad():

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from ovlt_rl.cli import main
-from ovlt_rl.config import ConfigError, load_config
+from ovlt.cli import main
+from ovlt.config import load_config
+from ovlt_rl.config import ConfigError
 from ovlt_rl.eval.benchmarks import load_benchmark
 from ovlt_rl.eval.run import (
     ResponsesError,

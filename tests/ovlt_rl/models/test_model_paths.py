@@ -9,7 +9,7 @@ import huggingface_hub.constants
 import pytest
 
 from ovlt_rl import loopback
-from ovlt_rl.cli import main
+from ovlt.cli import main
 from ovlt_rl.config import ConfigError
 
 

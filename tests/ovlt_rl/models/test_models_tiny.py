@@ -126,3 +126,12 @@ def test_generate_with_images_and_several_samples_per_prompt(tiny_model, tiny_pr
         assert torch.equal(out[row, :prompt_len], enc["input_ids"][row // 3])
     # Sampling at temperature 1 from a random model: the three samples of a prompt are not all equal.
     assert len({tuple(out[r, prompt_len:].tolist()) for r in range(3)}) > 1
+
+
+def test_shipped_tokenizer_corpus_is_the_synthetic_tasks_text():
+    """The model layer reads the corpus from a file so that it imports nothing from data_prep; this
+    keeps the file and the task's text the same (rewrite with data_prep.synthetic.write_tiny_corpus)."""
+    from data_prep.synthetic import text_corpus
+    from ovlt_rl.models.tiny import default_corpus
+
+    assert default_corpus() == text_corpus(seed=0)

@@ -10,7 +10,7 @@ from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.models.loading import load_model, load_processor, resolve_model_path
 from ovlt_rl.workers.packed_attention import NAME, segments, use_packed_attention
 from ovlt_rl.workers.packing import mrope_positions, over_budget, pack_batch, plan_micro_batches, split_to_count
-from ovlt_rl.workers.sequences import build_batch, head_logprobs, make_sample, token_logprobs
+from ovlt_rl.models.sequences import build_batch, head_logprobs, make_sample, token_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def test_packed_logprobs_match_padded_in_bf16():
     from tests.ovlt_rl.workers.test_packing import _samples_for
     from ovlt_rl.models.loading import load_model, resolve_model_path
     from ovlt_rl.workers.packing import mrope_positions, pack_batch
-    from ovlt_rl.workers.sequences import build_batch, token_logprobs
+    from ovlt_rl.models.sequences import build_batch, token_logprobs
 
     path = resolve_model_path("tiny")
     model = load_model(path, dtype=torch.bfloat16, device="cuda")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from ovlt_rl.checkpoint import CheckpointError, CheckpointManager
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.models.loading import load_processor, resolve_model_path
+from ovlt_rl.models.sequences import make_sample
 from ovlt_rl.workers.policy import PolicyWorker, worker_settings
-from ovlt_rl.workers.sequences import make_sample
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.models.loading import load_processor, resolve_model_path
 from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 

@@ -10,7 +10,7 @@ from PIL import Image
 from ovlt_rl.data.prompts import chat_messages, encode_prompt, render_prompt
 from ovlt_rl.models.loading import load_processor, resolve_model_path
 from ovlt_rl.models.vision_attention import use_stock_attention, uses_window_attention
-from ovlt_rl.workers.sequences import make_sample
+from ovlt_rl.models.sequences import make_sample
 from tests.ovlt_rl.workers.test_policy import _worker
 
 

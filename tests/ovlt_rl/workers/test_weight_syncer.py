@@ -2,7 +2,7 @@
 
 import pytest
 
-from ovlt_rl.config import load_config
+from ovlt.config import load_config
 from ovlt_rl.workers.weight_syncer import weight_sync_mode
 
 

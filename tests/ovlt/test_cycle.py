@@ -3,8 +3,9 @@ tests/ovlt_rl/test_e2e_cycle.py)."""
 
 import pytest
 
-from ovlt_rl.config import ConfigError, load_config
-from ovlt_rl.cycle import run_cycle, stage_configs
+from ovlt.config import load_config
+from ovlt_rl.config import ConfigError
+from ovlt.cycle import run_cycle, stage_configs
 
 
 def _cycle(tmp_path, *args):

@@ -23,8 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ovlt.config import AppConfig, load_config
 from ovlt_rl.checkpoint import file_sha256
-from ovlt_rl.config import Config, load_config, to_yaml
+from ovlt_rl.config import to_yaml
 
 log = logging.getLogger("ovlt.cycle")
 
@@ -48,14 +49,14 @@ def _last_val_accuracy(metrics_path: Path) -> tuple[float | None, float | None]:
 
 
 class Cycle:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: AppConfig):
         self.cfg = cfg
         self.root = Path(cfg.trainer.output_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.lineage_path = self.root / "lineage.json"
         self.lineage: dict[str, Any] = json.loads(self.lineage_path.read_text()) if self.lineage_path.exists() else {}
 
-    def stage(self, name: str, kind: str, cfg: Config, run: Callable[[Config], Any], inputs: dict[str, str],
+    def stage(self, name: str, kind: str, cfg: AppConfig, run: Callable[[AppConfig], Any], inputs: dict[str, str],
               outputs: dict[str, str]) -> dict[str, Any]:
         """Run one stage unless its stage.json says it finished with the same config."""
         folder = self.root / name
@@ -86,11 +87,11 @@ class Cycle:
         return record
 
 
-def _stage_cfg(command: str, recipe: str, overrides: list[str]) -> Config:
+def _stage_cfg(command: str, recipe: str, overrides: list[str]) -> AppConfig:
     return load_config(command, [f"recipe={recipe}", *overrides])
 
 
-def stage_configs(c, root: Path, i: int) -> tuple[Config, Config, Config]:
+def stage_configs(c, root: Path, i: int) -> tuple[AppConfig, AppConfig, AppConfig]:
     """Iteration i's (prepare, sft, grpo) configs: each stage's recipe with the paths that chain the
     stages and the cycle's overrides. Built for every iteration before the first stage runs, so a
     bad recipe or override of iteration 2 fails in seconds, not after iteration 1's training."""
@@ -125,7 +126,7 @@ def stage_configs(c, root: Path, i: int) -> tuple[Config, Config, Config]:
     return prep, sft, grpo
 
 
-def run_cycle(cfg: Config) -> Path:
+def run_cycle(cfg: AppConfig) -> Path:
     """The whole cycle, holding its output folder's lock (one cycle per folder; each stage's run
     also locks its own folder)."""
     from ovlt_rl.run_lock import OutputLock
@@ -134,12 +135,11 @@ def run_cycle(cfg: Config) -> Path:
         return _run_cycle(cfg)
 
 
-def _run_cycle(cfg: Config) -> Path:
+def _run_cycle(cfg: AppConfig) -> Path:
     from data_prep.pipeline import run_prepare
     from ovlt_rl.controller import run_grpo, run_sft
     from ovlt_rl.report import write_report
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     c = cfg.cycle
     cyc = Cycle(cfg)
     root = cyc.root

@@ -1,14 +1,14 @@
-"""Pure helpers of the controller (the loops themselves run in tests/ovlt_rl/test_e2e_cycle.py)."""
+"""A run's data: files a recipe prepares are made or reused before the engine starts."""
+
+import json
+
+from omegaconf import OmegaConf
+
+from ovlt.config import load_config
+from ovlt.run_data import ensure_data
 
 
 def test_recipe_data_made_with_other_prepare_settings_is_named_in_a_warning(tmp_path, caplog):
-    import json
-
-    from omegaconf import OmegaConf
-
-    from ovlt_rl.config import load_config
-    from ovlt_rl.controller import ensure_data
-
     out = tmp_path / "tiny-data"
     out.mkdir()
     for name in ("sft.parquet", "val.parquet"):
@@ -22,10 +22,10 @@ def test_recipe_data_made_with_other_prepare_settings_is_named_in_a_warning(tmp_
         ensure_data(cfg)  # same settings: reused
         assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
-        made["prepare"]["distill"]["restate_rate"] = 0.9
+        made["prepare"]["simulate"]["restate_rate"] = 0.9
         made["prepare"]["filters"]["pick"] = "longest"
         (out / "manifest.json").write_text(json.dumps({"config": made}))
         ensure_data(cfg)
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warned) == 1 and "(prepare.distill.restate_rate, prepare.filters.pick differ)" in warned[0]
+    assert len(warned) == 1 and "(prepare.filters.pick, prepare.simulate.restate_rate differ)" in warned[0]
     assert (out / "sft.parquet").exists()  # nothing deleted

@@ -14,16 +14,18 @@
     ovlt config COMMAND recipe=... [key=value ...]             print the resolved config and exit
 
 Every command takes `recipe=NAME` (recipes/NAME.yaml or recipes/NAME/COMMAND.yaml) and
-`section.key=value` overrides of the typed tree in ovlt_rl/config.py. Shorthands: `model=X`
+`section.key=value` overrides of the typed tree in ovlt/config.py. Shorthands: `model=X`
 means `model.path=X`; for eval, `benchmark=`, `data=` and `responses=` set eval.benchmarks,
 eval.data and eval.responses.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
-from ovlt_rl.config import ConfigError, load_config, to_yaml  # noqa: E402 (imports no Ray)
+from ovlt.config import load_config  # imports no Ray
+from ovlt_rl.config import ConfigError, to_yaml
 
 # Shorthand keys, per command, and the tree fields they stand for.
 _ALIASES = {
@@ -56,12 +58,19 @@ def _kv(args: list[str], allowed: dict[str, str]) -> dict[str, str]:
     return out
 
 
+def configure_logging() -> None:
+    """INFO and up to stderr, with times: the entry points' choice (library code only logs)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
+    if command != "reward":  # `ovlt reward` has its own format (reward/cli.py)
+        configure_logging()
     from ovlt_rl import loopback
 
     loopback.apply(rest)  # before anything imports Ray
@@ -89,19 +98,15 @@ def _dispatch(command: str, rest: list[str]) -> int:
         return 0
     if command in ("sft", "grpo", "cycle", "eval"):
         cfg = load_config(command, _expand_aliases(command, rest))
-        from ovlt_rl.models.paths import check_command_models
+        _check_command_models(cfg, command)  # a bad model path: one line now, not a traceback later
+        if command in ("sft", "grpo"):
+            from ovlt.run_data import ensure_data
+            from ovlt_rl.controller import run_grpo, run_sft
 
-        check_command_models(cfg, command)  # a bad model path: one line now, not a traceback later
-        if command == "sft":
-            from ovlt_rl.controller import run_sft
-
-            run_sft(cfg)
-        elif command == "grpo":
-            from ovlt_rl.controller import run_grpo
-
-            run_grpo(cfg)
+            ensure_data(cfg)
+            (run_sft if command == "sft" else run_grpo)(cfg)
         elif command == "cycle":
-            from ovlt_rl.cycle import run_cycle
+            from ovlt.cycle import run_cycle
 
             run_cycle(cfg)
         else:
@@ -110,6 +115,18 @@ def _dispatch(command: str, rest: list[str]) -> int:
             run_eval(cfg)
         return 0
     raise ConfigError(f"unknown command {command!r}; run `ovlt --help`")
+
+
+def _check_command_models(cfg, command: str) -> None:
+    """The model settings `command` loads at its start (checked before the engine is imported; the
+    loops check again for callers that skip the CLI). Preparation's models are checked when it
+    starts (data_prep.config.check_prepare_models), a cycle's later stages' when they start."""
+    from ovlt_rl.models.paths import check_model_path
+
+    if command in ("sft", "grpo") or (command == "eval" and not cfg.eval.responses):
+        check_model_path(cfg.model.path, "model.path")
+    elif command == "cycle":
+        check_model_path(cfg.cycle.base_model, "cycle.base_model")
 
 
 def _prepare(rest: list[str]) -> int:
@@ -152,8 +169,6 @@ def _prepare(rest: list[str]) -> int:
 
 def _export(args: list[str]) -> int:
     """ovlt export run=OUTPUT_DIR [step=N] [out=DIR] [dtype=auto|bf16|fp32] [force=true]"""
-    import logging
-
     from ovlt_rl.checkpoint import CheckpointError
     from ovlt_rl.checkpoint_export import export_checkpoint
 
@@ -167,7 +182,6 @@ def _export(args: list[str]) -> int:
     force = opts.get("force", "false").lower()
     if force not in ("true", "false"):
         raise ConfigError(f"force={force!r}: expected true or false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         path = export_checkpoint(opts["run"], step=None if step is None else int(step), out=opts.get("out"),
                                  dtype=opts.get("dtype", "auto"), force=force == "true")

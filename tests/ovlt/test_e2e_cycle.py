@@ -38,7 +38,7 @@ OVERRIDES = [
 
 def _cmd(out: Path) -> list[str]:
     stages = "[" + ",".join(f"'{o}'" for o in OVERRIDES + ["trainer.total_steps=4"]) + "]"
-    return [sys.executable, "-m", "ovlt_rl.cli", "cycle", "recipe=tiny", "cycle.iterations=1",
+    return [sys.executable, "-m", "ovlt.cli", "cycle", "recipe=tiny", "cycle.iterations=1",
             f"trainer.output_dir={out}", f"cycle.stage_overrides={stages}"]
 
 

@@ -164,6 +164,14 @@ def head_logprobs(
     return lp, ent
 
 
+def predicted_tokens(loss_mask: torch.Tensor) -> torch.Tensor:
+    """The tokens a loss counts, as a new bool mask: `loss_mask` without each sample's first token,
+    which no position predicts (log-probs there are 0, not a prediction). [L] or [B, L]."""
+    mask = loss_mask.bool().clone()
+    mask[..., 0] = False
+    return mask
+
+
 def token_logprobs(
     model: torch.nn.Module, batch: dict[str, Any], *, with_entropy: bool = False, entropy_grad: bool = False,
     chunk_size: int = 1024, temperature: float = 1.0,
@@ -180,8 +188,7 @@ def token_logprobs(
     the samples (verl and EasyR1 divide the logits the same way); 1 is the model's own distribution.
     """
     hidden = hidden_states(model, batch)
-    mask = batch["loss_mask"].bool()
-    mask[:, 0] = False  # the first token of each sample has no prediction
+    mask = predicted_tokens(batch["loss_mask"])
     # The model's layout: the padded [B, L] itself, or one packed row of the valid tokens (in the
     # same row-major order, so `out[mask] = lp` below fills the same tokens in both cases).
     row_mask = mask[batch["valid"]][None] if "position_ids" in batch else mask
