@@ -44,3 +44,14 @@ def choose_gloo_interface(node_ip: str) -> str:
     if name:
         os.environ["GLOO_SOCKET_IFNAME"] = name
     return name or ""
+
+
+def this_node(rendezvous_host: str) -> tuple[str, str]:
+    """(address, id) of this process's node: Ray's, in an actor. A test or benchmark that runs a
+    worker in its own process without Ray gets the rendezvous host and the host name instead
+    (asking Ray there would start a Ray instance, and report the machine's outward address)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id()
+    return rendezvous_host, socket.gethostname()

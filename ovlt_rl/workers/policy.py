@@ -95,11 +95,9 @@ class PolicyWorker:
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
-        import ray
+        from ovlt_rl.workers.network import choose_gloo_interface, this_node
 
-        from ovlt_rl.workers.network import choose_gloo_interface
-
-        self.node_ip = ray.util.get_node_ip_address()
+        self.node_ip, self.node_id = this_node(master_addr)
         choose_gloo_interface(self.node_ip)  # gloo on the network Ray reaches this node on
         # Our own store: torch's default one (MASTER_ADDR/MASTER_PORT) listens on every interface.
         store = tcp_store(master_addr, master_port, world_size, is_master=rank == 0, timeout=default_pg_timeout)
@@ -133,11 +131,9 @@ class PolicyWorker:
         self._prepare_attention(model, compute_dtype)
         # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
         self._positions = functools.partial(mrope_positions, model.model)
-        import ray
-
         from ovlt_rl.workers.mesh import policy_mesh
 
-        self.mesh = policy_mesh(cfg.actor.sharding, self.device.type, ray.get_runtime_context().get_node_id())
+        self.mesh = policy_mesh(cfg.actor.sharding, self.device.type, self.node_id)
         self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=cfg.actor.reshard_after_forward, mesh=self.mesh)
         self.policy.train()
 

@@ -141,6 +141,15 @@ def test_grpo_over_two_nodes_resumes_after_sigkill(two_nodes, data_dir):
     assert {r["step"] for r in rows} == set(range(1, 9)) and rows[-1]["step"] == 8
     assert all("actor/pg_loss" in r for r in rows)
     assert (out / "hf" / "config.json").is_file()
+    # The last checkpoint, saved by the hybrid-sharded ranks (shards replicated across the nodes),
+    # reassembles into the same weights as the final hf/ model.
+    from safetensors.torch import load_file
+
+    from ovlt_rl.checkpoint_export import export_checkpoint
+
+    exported = export_checkpoint(out)
+    hf, ex = (load_file(next(Path(d).glob("*.safetensors"))) for d in (out / "hf", exported))
+    assert hf.keys() == ex.keys() and all((hf[k] == ex[k]).all() for k in hf)
 
 
 def test_output_dir_not_shared_fails_clearly(two_nodes, data_dir):

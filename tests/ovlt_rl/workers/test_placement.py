@@ -72,3 +72,15 @@ def test_rank_marker_check(tmp_path):
     assert "reads another marker" in rank_check(str(d), "other", 3, wait_s=0)
     missing = rank_check(str(tmp_path / "elsewhere"), "tok", 1, wait_s=0.3)
     assert "does not see the marker" in missing and "elsewhere" in missing
+
+
+def test_a_worker_outside_ray_asks_ray_nothing():
+    import socket
+
+    import ray
+
+    from ovlt_rl.workers.network import this_node
+
+    assert not ray.is_initialized()
+    assert this_node("127.0.0.1") == ("127.0.0.1", socket.gethostname())
+    assert not ray.is_initialized()  # asking Ray's runtime context would have started a local Ray
