@@ -11,7 +11,7 @@ cannot share a node. Through cluster/submit.sh:
   server in each worker process listens on every interface, as Ray does on any node whose address
   is not 127.0.0.1: one such port per process is allowed, see cluster_tools.SocketSampler).
 
-Slow (about 4 minutes on 2 cores): `pytest -m slow tests/cluster/test_two_nodes.py`.
+Slow (5 to 6 minutes on 2 shared cores): `pytest -m slow tests/cluster/test_two_nodes.py`.
 """
 
 from __future__ import annotations
@@ -170,5 +170,7 @@ def test_no_socket_leaves_loopback(two_nodes):
     for sampler in two_nodes["samplers"]:
         assert sampler.samples >= 10 and sampler.sockets_seen > 0
         assert not sampler.bad, "sockets off loopback:\n" + "\n".join(map(str, sorted(sampler.bad)))
-    seen = " ".join(two_nodes["samplers"][1].seen_cmdlines.values())
-    assert "raylet" in seen and "ray::PolicyWorker" in seen  # the second node ran a policy rank
+    second = two_nodes["samplers"][1]
+    assert "raylet" in " ".join(second.seen_cmdlines.values())
+    # It watched our actors on the second node too (a policy rank per job: Ray's gRPC port each).
+    assert second.wildcard_ports and all(len(ports) == 1 for ports in second.wildcard_ports.values())
