@@ -274,11 +274,11 @@ class TrainerConfig:
     ray_address: str = ""
     """"" starts a local Ray on 127.0.0.1; "auto" joins the cluster of `ray job submit`."""
     ray_num_cpus: int = 0
+    """CPUs for a local Ray (0: all)."""
     network_interface: str = ""
     """Interface for torch.distributed between nodes (gloo, and NCCL's sockets), e.g. eth0 or ib0.
     "": gloo uses the interface of the node's Ray address, NCCL its own choice or NCCL_SOCKET_IFNAME
     (docs/cluster.md, NCCL settings). Local runs use loopback."""
-    """CPUs for a local Ray (0: all)."""
     save_hf: bool = True
     """Write the final model in HF format to output_dir/hf, in the training dtype (model.dtype)."""
     hf_max_shard_size: str = "5GB"
