@@ -11,7 +11,7 @@ cannot share a node. Through cluster/submit.sh:
   server in each worker process listens on every interface, as Ray does on any node whose address
   is not 127.0.0.1: one such port per process is allowed, see cluster_tools.SocketSampler).
 
-Slow (5 to 6 minutes on 2 shared cores): `pytest -m slow tests/cluster/test_two_nodes.py`.
+Slow (3 min 0 s on 2 cores with little else running, 4 to 6 min beside other work): `pytest -m slow tests/cluster/test_two_nodes.py`.
 """
 
 from __future__ import annotations
