@@ -29,7 +29,12 @@ if [[ "${OVLT_LOOPBACK:-0}" == "1" ]]; then
     export HTTP_PROXY="$http_proxy" HTTPS_PROXY="$https_proxy"
     export no_proxy=127.0.0.1,localhost,::1 NO_PROXY=127.0.0.1,localhost,::1
     export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
-    OVLT_NODE_IP=127.0.0.1
+    # A second loopback "node" on one machine (tests) may take another 127.x address.
+    OVLT_NODE_IP="${OVLT_NODE_IP:-127.0.0.1}"
+    if [[ "$OVLT_NODE_IP" != 127.* ]]; then
+        echo "error: OVLT_LOOPBACK=1 needs a loopback OVLT_NODE_IP (127.x.x.x), got $OVLT_NODE_IP" >&2
+        exit 2
+    fi
 else
     export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
     OVLT_NODE_IP="${OVLT_NODE_IP:-}"

@@ -21,19 +21,21 @@
 #                         on shared storage, so that relative paths in recipes (outputs/...,
 #                         data/...) resolve there and not in Ray's temporary copy of the repo;
 #                         the code still comes from the uploaded copy
+#   --dry-run             print the job's command (one word per line) and exit, submitting nothing
 #
 # Exit status: 0 if the job SUCCEEDED (or was submitted, with --no-wait), 1 if it failed.
 # The command's words go to Ray as separate arguments; Ray quotes each one for the job's shell.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-usage() { sed -n '2,24p' "$0" >&2; exit 2; }
+usage() { sed -n '2,25p' "$0" >&2; exit 2; }
 
 address="$(ovlt_dashboard_address)"
 runtime_env="$OVLT_REPO/cluster/runtime_env.yaml"
 submission_id=""
 chdir="${OVLT_JOB_DIR:-}"
 job_opts=()
+dry_run=0
 cmd=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -43,6 +45,7 @@ while [[ $# -gt 0 ]]; do
         --runtime-env) runtime_env="$2"; shift 2 ;;
         --entrypoint-num-gpus) job_opts+=(--entrypoint-num-gpus "$2"); shift 2 ;;
         --chdir) chdir="$2"; shift 2 ;;
+        --dry-run) dry_run=1; shift ;;
         -h|--help) usage ;;
         --) shift; cmd=("$@"); break ;;
         -*) echo "error: unknown option $1" >&2; usage ;;
@@ -93,6 +96,10 @@ if [[ -n "$chdir" ]]; then
     cmd=(sh -c 'cd "$0" && exec "$@"' "$chdir" "${cmd[@]}")
 fi
 
+if [[ "$dry_run" == "1" ]]; then
+    printf '%s\n' "${cmd[@]}"
+    exit 0
+fi
 ovlt_require_token
 cd "$OVLT_REPO"
 echo "ovlt: submitting to $address: ${cmd[*]}" >&2

@@ -148,6 +148,7 @@ def load_config(command: str, args: list[str]) -> AppConfig:
     cfg = OmegaConf.structured(AppConfig)
     OmegaConf.set_struct(cfg, True)
     OmegaConf.set_struct(cfg.reward.kwargs, False)  # the user's function's own keyword arguments: any keys
+    OmegaConf.set_struct(cfg.actor.resources_per_worker, False)  # the cluster's own resource names
     try:
         if recipe:
             cfg = OmegaConf.merge(cfg, recipe_tree(recipe, command))

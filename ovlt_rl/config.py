@@ -192,6 +192,12 @@ class ActorConfig:
     """Policy ranks (one torch.distributed group under FSDP2)."""
     gpus_per_worker: float = 0.0
     """1 on GPU clusters, 0 on CPU."""
+    resources_per_worker: dict[str, Any] = field(default_factory=dict)
+    """Custom Ray resources each rank also needs (e.g. {trainer_node: 1}), to pin ranks to node types.
+    The ranks go on one node when one node can hold them all, else over as few nodes as fit."""
+    sharding: str = one_of("full", "hybrid")
+    """FSDP2: "full" (every parameter sharded over all ranks) or "hybrid" (sharded within each node,
+    replicated across nodes: less traffic between nodes, more memory; equal ranks per node)."""
     global_batch_size: int = 40
     """Samples per optimizer step across all ranks (grpo: whole groups, prompts x rollout.n)."""
     micro_batch_size: int = 4
@@ -317,6 +323,10 @@ class TrainerConfig:
     """"" starts a local Ray on 127.0.0.1; "auto" joins the cluster of `ray job submit`."""
     ray_num_cpus: int = 0
     """CPUs for a local Ray (0: all)."""
+    network_interface: str = ""
+    """Interface for torch.distributed between nodes (gloo, and NCCL's sockets), e.g. eth0 or ib0.
+    "": gloo uses the interface of the node's Ray address, NCCL its own choice or NCCL_SOCKET_IFNAME
+    (docs/cluster.md, NCCL settings). Local runs use loopback."""
     save_hf: bool = True
     """Write the final model in HF format to output_dir/hf, in the training dtype (model.dtype)."""
     hf_max_shard_size: str = "5GB"
@@ -388,6 +398,10 @@ def validate(cfg: Config, command: str) -> None:
            f"must be >= 0 (0: off), got {a.max_tokens_per_micro_batch}")
     check(a.logprob_max_tokens_per_micro_batch >= 0, "actor.logprob_max_tokens_per_micro_batch",
            f"must be >= 0 (0: as actor.max_tokens_per_micro_batch), got {a.logprob_max_tokens_per_micro_batch}")
+    bad = {k: v for k, v in a.resources_per_worker.items()
+           if k in ("CPU", "GPU") or not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0}
+    check(not bad, "actor.resources_per_worker", f"{bad}: custom resources with a positive amount only "
+          "(CPUs: one per rank; GPUs: actor.gpus_per_worker)")
     check(0 <= a.warmup_ratio < 1, "actor.warmup_ratio", f"must be in [0, 1), got {a.warmup_ratio}")
     check(d.min_pixels <= d.max_pixels, "data.min_pixels", f"{d.min_pixels} > data.max_pixels {d.max_pixels}")
     check(0 <= d.val_loss_fraction < 0.5, "data.val_loss_fraction", f"must be in [0, 0.5), got {d.val_loss_fraction}")

@@ -70,11 +70,13 @@ class Run:
 
     def start_workers(self, total_opt_steps: int, with_rollout: bool) -> None:
         from ovlt_rl.workers.group import PolicyGroup, RolloutGroup, init_ray
+        from ovlt_rl.workers.shared_storage import check_shared
         from ovlt_rl.workers.weight_syncer import WeightSyncer
 
         cfg = self.cfg
         init_ray(cfg, cfg.actor.num_workers + (cfg.rollout.num_workers if with_rollout else 0) + 1)
         self.policy = PolicyGroup(cfg, self.model_path)
+        check_shared(self.out, self.policy.workers)  # checkpoints need one output folder for all ranks
         info = self.policy.setup(total_opt_steps=total_opt_steps)
         log.info("policy: %d ranks, %.2fM parameters (%.2fM trainable) on %s", self.policy.world_size,
                  info["params"] / 1e6, info["trainable"] / 1e6, info["device"])

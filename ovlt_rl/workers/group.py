@@ -17,11 +17,12 @@ import os
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ovlt_rl.config import Config
 from ovlt_rl.engines.base import Generation, SamplingParams
+from ovlt_rl.workers.placement import place
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         if key in os.environ:
             env[key] = os.environ[key]
     address = cfg.trainer.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if cfg.trainer.network_interface:  # every actor's gloo and NCCL (ovlt_rl/workers/network.py)
+        env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = cfg.trainer.network_interface
     if address:
         # In a `ray job submit` job the job's runtime env already sets these; repeating them conflicts.
         env = {k: v for k, v in env.items() if k not in os.environ}
@@ -86,20 +89,6 @@ def init_ray(cfg: Config, num_cpus_needed: int) -> None:
         raise RuntimeError(f"local Ray came up on {node_ip}, not on loopback (127.0.0.1)")
 
 
-def _bundles(n: int, gpus: float) -> list[dict[str, float]]:
-    b: dict[str, float] = {"CPU": 1}
-    if gpus:
-        b["GPU"] = gpus
-    return [dict(b) for _ in range(n)]
-
-
-def _placement(n: int, gpus: float, name: str):
-    # STRICT_PACK keeps an FSDP group on one node (NCCL over NVLink); CPU runs just pack.
-    pg = placement_group(_bundles(n, gpus), strategy="STRICT_PACK" if gpus else "PACK", name=name)
-    ray.get(pg.ready(), timeout=600)
-    return pg
-
-
 @ray.remote(num_cpus=0)
 def _address_and_port(local: bool) -> tuple[str, int]:
     """The node address of this bundle and a free TCP port on it (for the torch.distributed rendezvous,
@@ -117,21 +106,19 @@ class PolicyGroup:
         from ovlt_rl.workers.policy import PolicyWorker, worker_settings
 
         n, gpus = cfg.actor.num_workers, cfg.actor.gpus_per_worker
-        self.pg = _placement(n, gpus, "ovlt-policy")
-        addr, port = ray.get(
-            _address_and_port.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
-            ).remote(is_local())
-        )
+        # One node if one can hold the group, else over as few as fit; ranks numbered node by node.
+        self.layout = place(n, gpus, dict(cfg.actor.resources_per_worker), "ovlt-policy")
+        self.pg = self.layout.pg
+        addr, port = self.free_port()
         remote_cls = ray.remote(PolicyWorker)
         self.workers = [
             remote_cls.options(
                 num_cpus=1,
                 num_gpus=gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=bundle),
                 name=None,
             ).remote(model_path, rank, n, addr, port, **worker_settings(cfg))
-            for rank in range(n)
+            for rank, bundle in enumerate(self.layout.bundle_of_rank)
         ]
         self.world_size = n
 
@@ -183,11 +170,8 @@ class PolicyGroup:
 
     def free_port(self) -> tuple[str, int]:
         """Address of rank 0's node and a free port there (for a rendezvous hosted by rank 0)."""
-        return ray.get(
-            _address_and_port.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=0)
-            ).remote(is_local())
-        )
+        rank0 = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=self.layout.bundle_of_rank[0])
+        return ray.get(_address_and_port.options(scheduling_strategy=rank0).remote(is_local()))
 
     def shutdown(self) -> None:
         # Kill rather than ask: after a failure another rank may be blocked in a collective and
@@ -204,7 +188,7 @@ class RolloutGroup:
         from ovlt_rl.workers.rollout import RolloutWorker
 
         n, gpus = cfg.rollout.num_workers, cfg.rollout.gpus_per_worker
-        self.pg = _placement(n, gpus, "ovlt-rollout")
+        self.pg = place(n, gpus, {}, "ovlt-rollout").pg
         remote_cls = ray.remote(RolloutWorker)
         self.workers = [
             remote_cls.options(

@@ -55,12 +55,12 @@ class _Forward(nn.Module):
         return token_logprobs(self.model, batch, with_entropy=with_entropy, entropy_grad=entropy_grad, temperature=temperature)
 
 
-def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None, reshard_after_forward: bool = True) -> _Forward:
-    """Wrap a Qwen2.5-VL model with FSDP2 (per decoder layer, vision tower, root)."""
+def shard_model(model: nn.Module, *, mp_dtype: torch.dtype | None, reshard_after_forward: bool = True, mesh=None) -> _Forward:
+    """Wrap a Qwen2.5-VL model with FSDP2 (per decoder layer, vision tower, root); `mesh`: see workers/mesh.py."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=mp_dtype, reduce_dtype=torch.float32) if mp_dtype is not None else MixedPrecisionPolicy()
-    kw = dict(mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    kw = dict(mp_policy=mp, reshard_after_forward=reshard_after_forward, mesh=mesh)
     for layer in model.model.language_model.layers:
         fully_shard(layer, **kw)
     fully_shard(model.model.visual, **kw)
@@ -101,6 +101,10 @@ class PolicyWorker:
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
+        from ovlt_rl.workers.network import choose_gloo_interface, this_node
+
+        self.node_ip, self.node_id = this_node(master_addr)
+        choose_gloo_interface(self.node_ip)  # gloo on the network Ray reaches this node on
         # Our own store: torch's default one (MASTER_ADDR/MASTER_PORT) listens on every interface.
         store = tcp_store(master_addr, master_port, world_size, is_master=rank == 0, timeout=default_pg_timeout)
         dist.init_process_group(
@@ -132,7 +136,10 @@ class PolicyWorker:
         self._prepare_attention(model, compute_dtype)
         # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
         self._positions = functools.partial(mrope_positions, model.model)
-        self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=a.reshard_after_forward)
+        from ovlt_rl.workers.mesh import policy_mesh
+
+        self.mesh = policy_mesh(a.sharding, self.device.type, self.node_id)
+        self.policy = shard_model(model, mp_dtype=mp, reshard_after_forward=a.reshard_after_forward, mesh=self.mesh)
         self.policy.train()
 
         self.ref = None
@@ -140,7 +147,7 @@ class PolicyWorker:
             ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=m.attn_implementation)
             ref.requires_grad_(False)
             self._prepare_attention(ref, compute_dtype)
-            self.ref = shard_model(ref, mp_dtype=mp)
+            self.ref = shard_model(ref, mp_dtype=mp, mesh=self.mesh)
             self.ref.eval()
 
         trainable = [p for p in self.policy.parameters() if p.requires_grad]
@@ -427,6 +434,12 @@ class PolicyWorker:
 
     def ready(self) -> bool:
         return True
+
+    def check_shared_storage(self, folder: str, token: str) -> tuple[str, str | None]:
+        """(this node's address, what is wrong with `folder` from here or None): workers/shared_storage.py."""
+        from ovlt_rl.workers.shared_storage import rank_check
+
+        return self.node_ip, rank_check(folder, token, self.rank)
 
     def shutdown(self) -> None:
         if dist.is_initialized():

@@ -56,7 +56,13 @@ def _tensor_state(model_sd: dict[str, Any], optim_state: dict[str, Any], tied: d
     return {"model": {k: v for k, v in model_sd.items() if k not in tied}, "optim": optim_state}
 
 
-def _file_index(tensors: dict[str, Any], world_size: int, file_bytes: int) -> dict[str, int]:
+def _shards(t) -> int:
+    """Ranks a DTensor's data is split over: the world with full sharding, one node's ranks with
+    hybrid sharding (its other mesh dimension replicates). The same on every rank."""
+    return math.prod(t.device_mesh.size(i) for i, p in enumerate(t.placements) if p.is_shard())
+
+
+def _file_index(tensors: dict[str, Any], file_bytes: int) -> dict[str, int]:
     """File number (1..n) of every tensor, under the names DCP gives them (its flattened keys), in
     files of about `file_bytes` per rank. Computed from global shapes, so the same on every rank."""
     from torch.distributed.checkpoint._nested_dict import flatten_state_dict  # DCP's own flattening
@@ -67,7 +73,7 @@ def _file_index(tensors: dict[str, Any], world_size: int, file_bytes: int) -> di
     current, used = 1, 0
     for key in sorted(flat):
         t = flat[key]
-        nbytes = t.numel() * t.element_size() // (world_size if isinstance(t, DTensor) else 1)
+        nbytes = t.numel() * t.element_size() // (_shards(t) if isinstance(t, DTensor) else 1)
         if used and used + nbytes > file_bytes:
             current, used = current + 1, 0
         index[key] = current
@@ -87,7 +93,7 @@ def save_state(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, ra
     tied = tied_names(model)
     tensors = _tensor_state(model_sd, optim_sd["state"], tied)
     writer = HuggingFaceStorageWriter(path, save_distributed=True,
-                                      fqn_to_index_mapping=_file_index(tensors, world_size, file_bytes))
+                                      fqn_to_index_mapping=_file_index(tensors, file_bytes))
     dcp.save(tensors, storage_writer=writer)
     if rank == 0:
         state = {"format": FORMAT, "world_size": world_size, "tied": tied,
