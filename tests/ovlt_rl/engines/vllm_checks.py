@@ -24,10 +24,11 @@ def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
 
 def engine_config(**rollout):
     """The vLLM tests' engine settings: the tiny model in fp32, short sequences, eager (no compile
-    warm-up), a small KV cache on either device; `rollout` overrides RolloutConfig fields."""
-    from ovlt_rl.config import Config
+    warm-up), a small KV cache on either device; `rollout` overrides RolloutConfig fields. The whole
+    tree (AppConfig), so that data preparation's engine loader can take it too."""
+    from ovlt.config import AppConfig
 
-    cfg = Config()
+    cfg = AppConfig()
     cfg.rollout.engine = "vllm"
     cfg.model.dtype = "fp32"
     cfg.data.max_prompt_length, cfg.data.max_response_length = 256, 64
