@@ -82,7 +82,9 @@ class DistillConfig:
     captioner_model: str = ""
     """HF folder of the captioning VLM (captioner=engine), e.g. Qwen2.5-VL-3B-Instruct."""
     reasoner_model: str = ""
-    """HF folder of the text reasoner (reasoner=engine), e.g. an R1-distilled Qwen."""
+    """HF folder of the text reasoner (reasoner=engine), e.g. an R1-distilled Qwen; "tiny-reasoner"
+    is the offline tiny one (tiny-pretrained's decoder as a text-only model). Runs through
+    rollout.engine (the hf engine loads text-only models with AutoModelForCausalLM)."""
     caption_prompt: str = CAPTION_PROMPT
     """Instruction given to the captioner with the image."""
     reasoner_prompt: str = REASONER_PROMPT
