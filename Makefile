@@ -6,6 +6,7 @@
 # Without a GPU, make test also builds .venv-vllm (locks/cpu-vllm.txt: vLLM's CPU build, which
 # caps transformers below 5.20) and runs the tests marked vllm there, against a real vLLM.
 #   make test-latest   the newest releases pyproject.toml allows, in .venv-latest, fast tests only
+#   make test-cluster  the two-node Ray cluster tests (on loopback; not part of make test)
 #   make lock          recompile locks/ (run test-latest first; see locks/refresh.sh)
 
 VENV ?= .venv
@@ -18,7 +19,7 @@ LATEST ?= .venv-latest
 VLLM_VENV ?= .venv-vllm
 comma := ,
 
-.PHONY: setup setup-vllm demo test test-gpu test-latest lock clean
+.PHONY: setup setup-vllm demo test test-gpu test-cluster test-latest lock clean
 
 setup: $(VENV)/.installed
 
@@ -51,12 +52,17 @@ test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 else
 test: setup setup-vllm
-	$(PY) -m pytest -q -m "not vllm" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not vllm and not multinode" $(PYTEST_ARGS)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm -p no:cacheprovider $(PYTEST_ARGS)
 endif
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The two-node Ray cluster on loopback (tests/cluster/test_two_nodes.py, 3-6 min on 2 cores): kept
+# out of `make test` so that CI stays under its 20 minutes.
+test-cluster: setup
+	$(PY) -m pytest -q -m multinode $(PYTEST_ARGS)
 
 # Upstream drift, before it reaches a lock: a fresh venv with the newest release of everything
 # pyproject.toml allows (torch held at the lock's CPU build without a GPU), then the fast tests.

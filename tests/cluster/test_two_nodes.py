@@ -28,7 +28,7 @@ import pytest
 from cluster_tools import (REPO, SocketSampler, free_port, grpo_overrides, head_command, job_status, loopback_env,
                            make_data, ray_instance, stop_node, submit)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]  # make test-cluster (not in make test: CI time)
 
 SLOT = '{"policy_slot": 1}'
 
