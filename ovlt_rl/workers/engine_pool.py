@@ -64,9 +64,12 @@ class EnginePool:
         from ovlt_rl.workers.group import init_ray, start_rollout_workers
 
         gpus = 0.0 if device == "cpu" else cfg.rollout.gpus_per_worker
-        if device == "cuda" and not gpus:
-            raise ValueError(f"{what}: {n} engine actors on device=cuda need GPUs: set rollout.gpus_per_worker "
-                             "(GPUs per engine, e.g. 1, or the tensor-parallel size)")
+        if not gpus and resolve_device(device).type == "cuda":
+            # actors without GPUs would all load onto whatever GPU they see, or silently run on CPU
+            raise ValueError(f"{what}: {n} engine actors on device={device} need GPUs: set rollout.gpus_per_worker "
+                             "(GPUs per engine, e.g. 1, or the tensor-parallel size), or device=cpu")
+        if not gpus and device != "cpu":
+            log.warning("%s: rollout.gpus_per_worker=0: the %d engine actors run on CPU", what, n)
         init_ray(cfg, n)
         self._pg, self._workers, built = start_rollout_workers(cfg, model_path, n, gpus, f"ovlt-{what}", device)
         log.info("%s: %d %s engine actors of %s GPU(s) each for %s", what, n, built, gpus, model_path)
