@@ -225,6 +225,11 @@ class PrepareConfig:
     """Questions per engine generate call."""
     device: str = one_of("auto", "cpu", "cuda")
     """Engine device: "auto", "cpu" or "cuda"."""
+    num_engines: int = 1
+    """Engines (captioner, reasoner, sampler, pass-rate model) generating side by side, each on its
+    own shards: 1 is one engine in the command's own process; more are Ray actors of
+    rollout.gpus_per_worker GPUs each (on a GPU machine: one per GPU, or per tensor-parallel
+    group). Each shard keeps its seed, so any number writes the same rows."""
 
 
 def validate_prepare(p: PrepareConfig) -> None:
@@ -273,6 +278,7 @@ def validate_prepare(p: PrepareConfig) -> None:
         check(p.difficulty.n >= 2, "difficulty.n", f"must be >= 2 (1..n-1 correct), got {p.difficulty.n}")
     check(p.shard_size >= 1, "shard_size", f"must be >= 1, got {p.shard_size}")
     check(p.batch_size >= 1, "batch_size", f"must be >= 1, got {p.batch_size}")
+    check(p.num_engines >= 1, "num_engines", f"must be >= 1, got {p.num_engines}")
     for i, s in enumerate(p.sources):
         check(bool(s.name) and bool(s.path), f"sources[{i}]", "needs a name and a path")
 

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ovlt_rl.data.schema import write_rows
 
 Rows = list[dict[str, Any]]
 _UID = "prep_uid"  # position of a row in its batch, carried through extra_info to map items back
-
-
-def device_of(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class PromptMaker:
@@ -99,18 +92,48 @@ class TextPromptMaker:
         return items, index
 
 
-def load_engine(cfg, model_path: str, prompt_suffix: str | None = None):
-    """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path`, and the prompt maker
-    for it: PromptMaker with the training image bounds (cfg.data) for Qwen2.5-VL folders,
+def _prompt_maker(cfg, path: str, prompt_suffix: str | None):
+    """PromptMaker with the training image bounds (cfg.data) for Qwen2.5-VL folders,
     TextPromptMaker for text-only models."""
-    from ovlt_rl.engines import make_engine
-    from ovlt_rl.models.loading import is_vision_language, load_processor, resolve_model_path
+    from ovlt_rl.models.loading import is_vision_language, load_processor
 
-    path = resolve_model_path(model_path)
-    engine = make_engine(cfg, path, device_of(cfg.prepare.device))
     if is_vision_language(path):
         processor = load_processor(path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-        return engine, PromptMaker(processor, cfg.data, prompt_suffix)
+        return PromptMaker(processor, cfg.data, prompt_suffix)
     from transformers import AutoTokenizer
 
-    return engine, TextPromptMaker(AutoTokenizer.from_pretrained(path), cfg.data.max_prompt_length)
+    return TextPromptMaker(AutoTokenizer.from_pretrained(path), cfg.data.max_prompt_length)
+
+
+def load_engine(cfg, model_path: str, prompt_suffix: str | None = None):
+    """The rollout engine of cfg.rollout.engine (hf on CPU) for `model_path` in this process, on
+    prepare.device, and the prompt maker for it."""
+    from ovlt_rl.engines import make_engine
+    from ovlt_rl.models.loading import resolve_model_path
+    from ovlt_rl.workers.engine_pool import resolve_device
+
+    path = resolve_model_path(model_path)
+    return make_engine(cfg, path, resolve_device(cfg.prepare.device)), _prompt_maker(cfg, path, prompt_suffix)
+
+
+@contextmanager
+def load_engines(cfg, model_path: str, prompt_suffix: str | None = None) -> Iterator[list[tuple[Any, Any]]]:
+    """prepare.num_engines (engine, prompt maker) pairs for `model_path`: the engine in this process
+    for 1, Ray actors of rollout.gpus_per_worker GPUs each for more (ovlt_rl/workers/engine_pool.py),
+    stopped on exit. Each engine has its own maker: the pipeline runs one thread per engine, and
+    a maker counts its skipped prompts and holds a tokenizer, neither of which is shared across
+    threads (sum the counts with `skipped_counts`)."""
+    from ovlt_rl.models.loading import resolve_model_path
+    from ovlt_rl.workers.engine_pool import EnginePool
+
+    path = resolve_model_path(model_path)
+    with EnginePool(cfg, path, cfg.prepare.num_engines, cfg.prepare.device, what="prepare") as pool:
+        yield [(engine, _prompt_maker(cfg, path, prompt_suffix)) for engine in pool.engines]
+
+
+def skipped_counts(pairs: list[tuple[Any, Any]]) -> dict[str, int]:
+    """The prompts the makers of `pairs` skipped, by reason, over all engines."""
+    total: Counter = Counter()
+    for _, maker in pairs:
+        total.update(maker.skipped)
+    return dict(total)

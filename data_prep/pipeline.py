@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -212,42 +213,59 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+class _Totals:
+    """Per-response counts summed over the shards computed in this run, from every engine's thread."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+
+    def add(self, stats: dict[str, int]) -> None:
+        with self._lock:
+            for key, v in stats.items():
+                self.counts[key] = self.counts.get(key, 0) + v
+
+
 def _caption_pass(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
     """captioner=engine: a VLM writes extra_info["caption"] for every row (sharded, resumable)."""
     from tqdm import tqdm
 
     from data_prep import distill as D
-    from data_prep.engine_io import load_engine
+    from data_prep.engine_io import load_engines, skipped_counts
 
     p, d = cfg.prepare, cfg.prepare.distill
-    engine, maker = load_engine(cfg, d.captioner_model)
-    captioner = D.EngineCaptioner(engine, maker.items, d.caption_prompt, d.caption_max_new_tokens)
     manifest.data["models"]["captioner"] = d.captioner_model
 
-    def work(shard: Rows, index: int) -> Rows:
-        out: Rows = []
-        for batch in _batches(shard, p.batch_size):
-            for r, cap in zip(batch, captioner.caption(batch)):
-                if cap:
-                    out.append({**r, "extra_info": {**r["extra_info"], "caption": cap}})
-        return out
+    def work_for(engine, maker) -> Callable[[Rows, int], Rows]:
+        captioner = D.EngineCaptioner(engine, maker.items, d.caption_prompt, d.caption_max_new_tokens)
+
+        def work(shard: Rows, index: int) -> Rows:
+            out: Rows = []
+            for batch in _batches(shard, p.batch_size):
+                for r, cap in zip(batch, captioner.caption(batch)):
+                    if cap:
+                        out.append({**r, "extra_info": {**r["extra_info"], "caption": cap}})
+            return out
+        return work
 
     settings = {"captioner": d.captioner_model, "prompt": d.caption_prompt, "max_new_tokens": d.caption_max_new_tokens,
                 "pixels": [cfg.data.min_pixels, cfg.data.max_pixels], "engine": cfg.rollout.engine}
     step = ShardedStep(out_dir / "shards", "caption", settings, p.shard_size, on_shard)
-    with tqdm(total=len(rows), desc="caption", unit="image") as bar:
-        captioned, shard_stats = step.run(rows, _item_ids(rows), work, bar)
+    with load_engines(cfg, d.captioner_model) as engines, tqdm(total=len(rows), desc="caption", unit="image") as bar:
+        captioned, shard_stats = step.run(rows, _item_ids(rows), [work_for(*e) for e in engines], bar)
     manifest.step("caption", {"rows_in": len(rows), "rows_out": len(captioned), "no_caption": len(rows) - len(captioned),
-                              "prompts_skipped": dict(maker.skipped), **shard_stats})
+                              "prompts_skipped": skipped_counts(engines), **shard_stats})
     return captioned
 
 
 def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
     """Captions (stored, or a captioning pass), then the reasoner k times per question, in shards."""
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     from data_prep import distill as D
-    from data_prep.engine_io import load_engine
+    from data_prep.engine_io import load_engines
 
     p, d, sim = cfg.prepare, cfg.prepare.distill, cfg.prepare.simulate
     if d.captioner == "scene":
@@ -255,67 +273,72 @@ def _distill_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_s
     else:
         rows = _caption_pass(cfg, rows, out_dir, manifest, on_shard)
         _release_memory()
-    if d.reasoner == "programmatic":
-        reasoner = D.ProgrammaticTextReasoner(sim.wrong_rate, sim.reflect_rate, sim.verbose_rate, restate_rate=sim.restate_rate)
-        manifest.data["models"]["reasoner"] = "programmatic (data_prep/reasoner.py)"
-    else:
-        engine, maker = load_engine(cfg, d.reasoner_model)
-        reasoner = D.EngineReasoner(engine, maker.items, d.reasoner_prompt, d.temperature, d.top_p, d.max_new_tokens)
-        manifest.data["models"]["reasoner"] = d.reasoner_model
-    totals: dict[str, int] = {}
+    totals = _Totals()
 
-    def work(shard: Rows, index: int) -> Rows:
-        out: Rows = []
-        for b, batch in enumerate(_batches(shard, p.batch_size)):
-            seed = seed_for(seed_for(p.seed, index), b)
-            got, stats = D.distill(batch, D.StoredCaptioner(sim.vague_rate, seed, sim.vague_families), reasoner, d.k, seed)
-            for key, v in stats.items():
-                totals[key] = totals.get(key, 0) + v
-            out += got
-        return out
+    def work_for(reasoner) -> Callable[[Rows, int], Rows]:
+        def work(shard: Rows, index: int) -> Rows:
+            out: Rows = []
+            for b, batch in enumerate(_batches(shard, p.batch_size)):
+                seed = seed_for(seed_for(p.seed, index), b)
+                got, stats = D.distill(batch, D.StoredCaptioner(sim.vague_rate, seed, sim.vague_families), reasoner, d.k, seed)
+                totals.add(stats)
+                out += got
+            return out
+        return work
 
     settings = {"mode": "distill", "distill": d, "seed": p.seed, "batch_size": p.batch_size, "engine": cfg.rollout.engine}
     step = ShardedStep(out_dir / "shards", "distill", settings, p.shard_size, on_shard)
-    with tqdm(total=len(rows), desc="distill", unit="question") as bar:
-        cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
+    with ExitStack() as stack:
+        if d.reasoner == "programmatic":  # no engine: one worker, in this thread
+            works = [work_for(D.ProgrammaticTextReasoner(sim.wrong_rate, sim.reflect_rate, sim.verbose_rate,
+                                                         restate_rate=sim.restate_rate))]
+            manifest.data["models"]["reasoner"] = "programmatic (data_prep/reasoner.py)"
+        else:
+            engines = stack.enter_context(load_engines(cfg, d.reasoner_model))
+            works = [work_for(D.EngineReasoner(e, maker.items, d.reasoner_prompt, d.temperature, d.top_p, d.max_new_tokens))
+                     for e, maker in engines]
+            manifest.data["models"]["reasoner"] = d.reasoner_model
+        bar = stack.enter_context(tqdm(total=len(rows), desc="distill", unit="question"))
+        cands, shard_stats = step.run(rows, _item_ids(rows), works, bar)
     manifest.step("distill", {"rows_in": len(rows), "rows_out": len(cands), "k": d.k, **shard_stats,
-                              "computed_shards": _counts(totals)})
+                              "computed_shards": _counts(totals.counts)})
     return cands
 
 
 def _self_improve_candidates(cfg, rows: Rows, out_dir: Path, manifest: Manifest, on_shard: OnShard | None) -> Rows:
     from tqdm import tqdm
 
-    from data_prep.engine_io import load_engine
+    from data_prep.engine_io import load_engines, skipped_counts
     from data_prep.self_improve import sample_responses
     from ovlt_rl.engines.base import SamplingParams
 
     p, s = cfg.prepare, cfg.prepare.self_improve
-    engine, maker = load_engine(cfg, s.model_path, prompt_suffix=cfg.data.prompt_suffix)
     manifest.data["models"]["sampler"] = s.model_path
-    totals: dict[str, int] = {}
+    totals = _Totals()
 
-    def work(shard: Rows, index: int) -> Rows:
-        out: Rows = []
-        for b, batch in enumerate(_batches(shard, p.batch_size)):
-            items, idx = maker.items(batch)
-            params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                                    seed=seed_for(seed_for(p.seed, index), b), logprobs=False)
-            got, stats = sample_responses([batch[i] for i in idx], items, engine, s.k, params)
-            for k, v in stats.items():
-                totals[k] = totals.get(k, 0) + v
-            out += got
-        return out
+    def work_for(engine, maker) -> Callable[[Rows, int], Rows]:
+        def work(shard: Rows, index: int) -> Rows:
+            out: Rows = []
+            for b, batch in enumerate(_batches(shard, p.batch_size)):
+                items, idx = maker.items(batch)
+                params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                        seed=seed_for(seed_for(p.seed, index), b), logprobs=False)
+                got, stats = sample_responses([batch[i] for i in idx], items, engine, s.k, params)
+                totals.add(stats)
+                out += got
+            return out
+        return work
 
     settings = {"mode": "self_improve", "self_improve": s, "seed": p.seed, "batch_size": p.batch_size,
                 "prompt_suffix": cfg.data.prompt_suffix, "max_prompt_length": cfg.data.max_prompt_length,
                 "pixels": [cfg.data.min_pixels, cfg.data.max_pixels], "engine": cfg.rollout.engine}
     step = ShardedStep(out_dir / "shards", "self_improve", settings, p.shard_size, on_shard)
-    with tqdm(total=len(rows), desc="self-improve", unit="question") as bar:
-        cands, shard_stats = step.run(rows, _item_ids(rows), work, bar)
+    with (load_engines(cfg, s.model_path, prompt_suffix=cfg.data.prompt_suffix) as engines,
+          tqdm(total=len(rows), desc="self-improve", unit="question") as bar):
+        cands, shard_stats = step.run(rows, _item_ids(rows), [work_for(*e) for e in engines], bar)
     manifest.step("self_improve", {"rows_in": len(rows), "rows_out": len(cands), "k": s.k, **shard_stats,
-                                   "prompts_skipped": dict(maker.skipped),
-                                   "computed_shards": _counts(totals)})
+                                   "prompts_skipped": skipped_counts(engines),
+                                   "computed_shards": _counts(totals.counts)})
     return cands
 
 
@@ -323,33 +346,34 @@ def _difficulty(cfg, rows: Rows, reward_fn, out_dir: Path, manifest: Manifest, o
     """Keep RL prompts the current model solves 1..n-1 times out of n (sharded: generation)."""
     from tqdm import tqdm
 
-    from data_prep.engine_io import load_engine
+    from data_prep.engine_io import load_engines
     from ovlt_rl.engines.base import SamplingParams
 
     p, dc = cfg.prepare, cfg.prepare.difficulty
-    engine, maker = load_engine(cfg, dc.model_path, prompt_suffix=cfg.data.prompt_suffix)
     manifest.data["models"]["difficulty"] = dc.model_path
 
-    def work(shard: Rows, index: int) -> Rows:
-        out: Rows = []
-        for b, batch in enumerate(_batches(shard, p.batch_size)):
-            items, idx = maker.items(batch)
-            kept = [batch[i] for i in idx]
-            params = SamplingParams(temperature=dc.temperature, max_new_tokens=dc.max_new_tokens,
-                                    seed=seed_for(seed_for(p.seed, index), b), logprobs=False)
-            counts = correct_counts(kept, items, engine, reward_fn, dc.n, params, p.filters.min_reward)
-            out += [{**r, "extra_info": {**r["extra_info"], "pass_count": c, "pass_n": dc.n}} for r, c in zip(kept, counts)]
-        return out
+    def work_for(engine, maker) -> Callable[[Rows, int], Rows]:
+        def work(shard: Rows, index: int) -> Rows:
+            out: Rows = []
+            for b, batch in enumerate(_batches(shard, p.batch_size)):
+                items, idx = maker.items(batch)
+                kept = [batch[i] for i in idx]
+                params = SamplingParams(temperature=dc.temperature, max_new_tokens=dc.max_new_tokens,
+                                        seed=seed_for(seed_for(p.seed, index), b), logprobs=False)
+                counts = correct_counts(kept, items, engine, reward_fn, dc.n, params, p.filters.min_reward)
+                out += [{**r, "extra_info": {**r["extra_info"], "pass_count": c, "pass_n": dc.n}} for r, c in zip(kept, counts)]
+            return out
+        return work
 
     settings = {"difficulty": dc, "seed": p.seed, "batch_size": p.batch_size, "reward": cfg.reward.fn,
                 "min_reward": p.filters.min_reward, "prompt_suffix": cfg.data.prompt_suffix}
     step = ShardedStep(out_dir / "shards", "difficulty", settings, p.shard_size, on_shard)
-    with tqdm(total=len(rows), desc="pass rate", unit="prompt") as bar:
-        scored, shard_stats = step.run(rows, _item_ids(rows), work, bar)
+    with (load_engines(cfg, dc.model_path, prompt_suffix=cfg.data.prompt_suffix) as engines,
+          tqdm(total=len(rows), desc="pass rate", unit="prompt") as bar):
+        scored, shard_stats = step.run(rows, _item_ids(rows), [work_for(*e) for e in engines], bar)
     kept, stats = select_by_pass_rate(scored, [r["extra_info"]["pass_count"] for r in scored], dc.n)
     manifest.step("difficulty", {**stats, "rows_in": len(rows), "prompts_skipped": len(rows) - len(scored), **shard_stats})
     return kept
-
 
 # --------------------------------------------------------------------------- SFT selection
 

@@ -4,7 +4,8 @@ Generation (distillation, self-improvement sampling, pass-rate estimation) is th
 data preparation. A step splits its input rows into shards of `shard_size`, and commits each
 shard's output as one parquet file (shards/NAME-00000.parquet, ...; written to a temporary file
 and renamed, so a file that exists is complete). Re-running the same step skips the shards that
-exist, so an interrupted run loses at most the shard it was working on.
+exist, so an interrupted run loses at most the shards it was working on (one per engine: with
+several engines, uncommitted shards run side by side and may commit out of order).
 
 Each shard's work gets its own seed (`seed_for(base, index)`), so its output does not depend
 on which shards ran before it: a resumed run produces the same data as an uninterrupted one.
@@ -19,10 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ovlt_rl.data.schema import read_rows, write_rows
+from ovlt_rl.workers.engine_pool import run_concurrently
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +82,19 @@ class ShardedStep:
             self.folder.mkdir(parents=True, exist_ok=True)
             _write_json(path, meta)
 
-    def run(self, items: Rows, item_ids: list[str], fn: Callable[[Rows, int], Rows],
+    def run(self, items: Rows, item_ids: list[str], fn: Callable[[Rows, int], Rows] | Sequence[Callable[[Rows, int], Rows]],
             progress=None) -> tuple[Rows, dict[str, int]]:
         """fn(shard_items, shard_index) -> output rows, for every shard not yet committed.
 
-        `item_ids` identify the inputs (e.g. image hash + question) for the fingerprint.
-        `progress` is a tqdm-like bar advanced by the number of items of each shard.
+        `fn` may be a list of such functions, one per engine (data_prep/engine_io.load_engines):
+        the uncommitted shards then run side by side, one thread per function, each shard with
+        its own seed and its own atomic commit, and the rows are joined in shard order, so any
+        number of engines writes the same shards. Committed shards are reported to on_commit
+        first, then computed ones as they commit. `item_ids` identify the inputs (e.g. image hash
+        + question) for the fingerprint. `progress` is a tqdm-like bar advanced by the number of
+        items of each shard.
         """
+        fns = [fn] if callable(fn) else list(fn)
         n_shards = (len(items) + self.shard_size - 1) // self.shard_size
         meta = {
             "step": self.name,
@@ -95,24 +104,37 @@ class ShardedStep:
             "shard_size": self.shard_size,
         }
         self._check_meta(meta)
-        out: Rows = []
-        reused = computed = 0
+        chunks = [items[i * self.shard_size : (i + 1) * self.shard_size] for i in range(n_shards)]
+        shards: dict[int, Rows] = {}
+        todo = []
         for i in range(n_shards):
-            chunk = items[i * self.shard_size : (i + 1) * self.shard_size]
-            path = self.shard_path(i)
-            was_committed = path.exists()
-            if was_committed:
-                rows = read_rows(path)
-                reused += 1
-            else:
-                write_rows(fn(chunk, i), path)
+            if not self.shard_path(i).exists():
+                todo.append(i)
+                continue
+            shards[i] = read_rows(self.shard_path(i))
+            self._done(i, len(chunks[i]), True, progress)
+
+        def worker(f: Callable[[Rows, int], Rows]) -> Callable[[int], Rows]:
+            def compute(i: int) -> Rows:
+                write_rows(f(chunks[i], i), self.shard_path(i))
                 # read back, so that later steps see the same rows as a resumed run would
-                rows = read_rows(path)
-                computed += 1
-            out += rows
-            if progress is not None:
-                progress.update(len(chunk))
-            if self.on_commit is not None:
-                self.on_commit(self.name, i, was_committed)
-        log.info("%s: %d shards (%d reused, %d computed), %d rows", self.name, n_shards, reused, computed, len(out))
+                return read_rows(self.shard_path(i))
+            return compute
+
+        def committed(k: int, rows: Rows) -> None:
+            shards[todo[k]] = rows
+            self._done(todo[k], len(chunks[todo[k]]), False, progress)
+
+        start = time.perf_counter()
+        run_concurrently([worker(f) for f in fns], todo, committed)
+        out: Rows = [r for i in range(n_shards) for r in shards[i]]
+        reused, computed = n_shards - len(todo), len(todo)
+        log.info("%s: %d shards (%d reused, %d computed on %d engine(s) in %.1f s), %d rows", self.name, n_shards,
+                 reused, computed, len(fns), time.perf_counter() - start, len(out))
         return out, {"shards": n_shards, "shards_reused": reused, "shards_computed": computed}
+
+    def _done(self, index: int, n_items: int, reused: bool, progress) -> None:
+        if progress is not None:
+            progress.update(n_items)
+        if self.on_commit is not None:
+            self.on_commit(self.name, index, reused)

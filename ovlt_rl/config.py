@@ -418,6 +418,8 @@ def validate(cfg: Config, command: str) -> None:
            f"expected a size like 5GB or 500MB, got {t.hf_max_shard_size!r}")
     if command in ("grpo", "sft"):
         check(bool(d.train_files), "data.train_files", "no training files given")
+    if command == "eval":
+        check(cfg.eval.num_engines >= 1, "eval.num_engines", f"must be >= 1, got {cfg.eval.num_engines}")
     if command == "grpo":
         check(isinstance(r.vllm_enforce_eager, bool), "rollout.vllm_enforce_eager", f"must be true or false, got {r.vllm_enforce_eager!r}")
         check(r.cpu_kv_cache_gib > 0, "rollout.cpu_kv_cache_gib", f"must be > 0, got {r.cpu_kv_cache_gib}")

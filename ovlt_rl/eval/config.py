@@ -25,6 +25,10 @@ class EvalConfig:
     trained models; for base models it asks for "Your final answer MUST BE put in \\boxed{}."."""
     batch_size: int = 64
     """Questions per generation call."""
+    num_engines: int = 1
+    """Engines generating side by side, each on its own batches: 1 is one engine in the command's
+    own process; more are Ray actors of rollout.gpus_per_worker GPUs each (on a GPU machine: one
+    per GPU, or per tensor-parallel group). Same records for any number."""
     max_new_tokens: int = 2048
     """Generation limit per response (the paper's Table 6)."""
     temperature: float = 0.01

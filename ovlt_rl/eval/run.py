@@ -129,15 +129,21 @@ def evaluate_samples(
 ) -> list[dict[str, Any]]:
     """Generate one response per sample with `engine` (in batches of `batch_size`) and grade it.
 
-    `processor` (default: the engine's) and `data_cfg` (a DataConfig: pixel bounds, which must lie
-    within the processor's, and prompt length; default: the processor's bounds and the tree's
-    default length) build the prompts as training does. A sample the data layer
-    refuses (prompt too long, bad image) gets a record with an empty response, `skipped` set to the
-    reason and correct=False: it stays in the denominator. Records carry the engine's
+    `engine` may be a list of engines (EnginePool.engines, ovlt_rl/workers/engine_pool.py): the
+    batches are then spread over them, one thread each, and the records come back in sample
+    order; every batch is generated with the same `params`, so any number of engines gives the
+    same records. `processor` (default: the engine's) and `data_cfg` (a DataConfig: pixel
+    bounds, which must lie within the processor's, and prompt length; default: the processor's
+    bounds and the tree's default length) build the prompts as training does. A sample the data
+    layer refuses (prompt too long, bad image) gets a record with an empty response, `skipped`
+    set to the reason and correct=False: it stays in the denominator. Records carry the engine's
     `finish_reason` ("length": cut at max_new_tokens).
     """
     from tqdm import tqdm
 
+    from ovlt_rl.workers.engine_pool import run_concurrently
+
+    engines = list(engine) if isinstance(engine, (list, tuple)) else [engine]
     if params.n != 1:
         raise ValueError(f"evaluate_samples grades one response per question; got SamplingParams.n={params.n}")
     if batch_size < 1:
@@ -149,23 +155,29 @@ def evaluate_samples(
         bounds: dict[str, Any] = {"max_prompt_length": DataConfig().max_prompt_length}
     else:
         bounds = {"max_prompt_length": data_cfg.max_prompt_length, "min_pixels": data_cfg.min_pixels, "max_pixels": data_cfg.max_pixels}
-    items = to_prompt_items(samples, processor if processor is not None else engine.processor, prompt_suffix=prompt_suffix, **bounds)
+    items = to_prompt_items(samples, processor if processor is not None else engines[0].processor, prompt_suffix=prompt_suffix, **bounds)
     records: list[dict[str, Any] | None] = [None] * len(samples)
     for i, (s, item) in enumerate(zip(samples, items)):
         if isinstance(item, str):
             records[i] = {**_record(s, "", None), "skipped": item}
     todo = [i for i, item in enumerate(items) if not isinstance(item, str)]
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     name = samples[0].benchmark if samples else ""
     with tqdm(total=len(todo), desc=f"eval {name}", unit="q", disable=not progress) as bar:
-        n_correct = 0
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start : start + batch_size]
-            groups = engine.generate([items[i] for i in idx], params)
-            for i, group in zip(idx, groups):
+        done = {"n": 0, "correct": 0}
+
+        def graded(k: int, groups: list) -> None:  # run_concurrently calls it under its lock
+            for i, group in zip(batches[k], groups):
                 records[i] = _record(samples[i], group[0].text, group[0].finish_reason)
-                n_correct += records[i]["correct"]
-            bar.update(len(idx))
-            bar.set_postfix(acc=f"{n_correct / (start + len(idx)):.3f}")
+                done["correct"] += records[i]["correct"]
+            done["n"] += len(batches[k])
+            bar.update(len(batches[k]))
+            bar.set_postfix(acc=f"{done['correct'] / done['n']:.3f}")
+
+        def generate_on(e: Any):
+            return lambda idx: e.generate([items[i] for i in idx], params)
+
+        run_concurrently([generate_on(e) for e in engines], batches, graded)
     return records  # type: ignore[return-value]  (every slot is filled above)
 
 
@@ -363,7 +375,7 @@ def _device(cfg: "Config") -> str:
 
 def run_eval(cfg: "Config") -> dict[str, dict[str, Any]]:
     """Run every benchmark of cfg.eval.benchmarks; returns benchmark -> summary (also written to disk)."""
-    import torch
+    from ovlt_rl.workers.engine_pool import EnginePool
 
     ecfg = cfg.eval
     if not ecfg.responses:  # before any benchmark is read or engine started
@@ -372,38 +384,41 @@ def run_eval(cfg: "Config") -> dict[str, dict[str, Any]]:
         check_model_path(cfg.model.path, "model.path")
     out_root = Path(ecfg.output_dir)
     summaries: dict[str, dict[str, Any]] = {}
-    engine = processor = None
-    for name in ecfg.benchmarks:
-        samples = load_benchmark(name, data_path(ecfg, name), ecfg.max_samples)
-        if ecfg.responses:
-            responses = read_responses(ecfg.responses, name)
-            records, coverage = score_offline(samples, responses, all_samples=ecfg.max_samples == 0)
-        else:
-            if engine is None:
-                from ovlt_rl.engines import make_engine
-                from ovlt_rl.models.loading import load_processor, resolve_model_path
+    pool = processor = None
+    try:
+        for name in ecfg.benchmarks:
+            samples = load_benchmark(name, data_path(ecfg, name), ecfg.max_samples)
+            if ecfg.responses:
+                responses = read_responses(ecfg.responses, name)
+                records, coverage = score_offline(samples, responses, all_samples=ecfg.max_samples == 0)
+            else:
+                if pool is None:
+                    from ovlt_rl.models.loading import load_processor, resolve_model_path
 
-                model_path = resolve_model_path(cfg.model.path)
-                engine = make_engine(cfg, model_path, torch.device(_device(cfg)))
-                # Prompts are built as in training: the processor bounded by data.min/max_pixels.
-                processor = load_processor(model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-            params = sampling_params(ecfg, seed=cfg.rollout.seed)
-            records = evaluate_samples(
-                engine, samples, params, ecfg.batch_size, processor=processor, data_cfg=cfg.data, prompt_suffix=ecfg.prompt_suffix
+                    model_path = resolve_model_path(cfg.model.path)
+                    pool = EnginePool(cfg, model_path, ecfg.num_engines, _device(cfg), what="eval")
+                    # Prompts are built as in training: the processor bounded by data.min/max_pixels.
+                    processor = load_processor(model_path, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
+                params = sampling_params(ecfg, seed=cfg.rollout.seed)
+                records = evaluate_samples(
+                    pool.engines, samples, params, ecfg.batch_size, processor=processor, data_cfg=cfg.data, prompt_suffix=ecfg.prompt_suffix
+                )
+                coverage = {"n_missing": 0, "missing_ids": [], "n_unknown": 0, "unknown_ids": []}
+            summary = summarize(records, BENCHMARKS[name].category_keys)
+            summary.update(
+                benchmark=name,
+                n_samples=len(samples),
+                **coverage,
+                data=str(data_path(ecfg, name)),
+                model=None if ecfg.responses else cfg.model.path,
+                responses=ecfg.responses or None,
+                decoding=None if ecfg.responses else vars(sampling_params(ecfg, seed=cfg.rollout.seed)),
             )
-            coverage = {"n_missing": 0, "missing_ids": [], "n_unknown": 0, "unknown_ids": []}
-        summary = summarize(records, BENCHMARKS[name].category_keys)
-        summary.update(
-            benchmark=name,
-            n_samples=len(samples),
-            **coverage,
-            data=str(data_path(ecfg, name)),
-            model=None if ecfg.responses else cfg.model.path,
-            responses=ecfg.responses or None,
-            decoding=None if ecfg.responses else vars(sampling_params(ecfg, seed=cfg.rollout.seed)),
-        )
-        write_results(out_root / name, records, summary)
-        summaries[name] = summary
-        log.info("%s: accuracy %s over %d scored samples -> %s", name, summary["accuracy"], summary["n"], out_root / name)
+            write_results(out_root / name, records, summary)
+            summaries[name] = summary
+            log.info("%s: accuracy %s over %d scored samples -> %s", name, summary["accuracy"], summary["n"], out_root / name)
+    finally:
+        if pool is not None:  # stops the engine actors (eval.num_engines > 1) and frees their GPUs
+            pool.close()
     print(format_table(summaries))
     return summaries

@@ -185,25 +185,9 @@ class RolloutGroup:
     """`rollout.num_workers` RolloutWorker actors; prompts are split between them."""
 
     def __init__(self, cfg: Config, model_path: str):
-        from ovlt_rl.workers.rollout import RolloutWorker
-
-        n, gpus = cfg.rollout.num_workers, cfg.rollout.gpus_per_worker
-        self.pg = place(n, gpus, {}, "ovlt-rollout").pg
-        remote_cls = ray.remote(RolloutWorker)
-        self.workers = [
-            remote_cls.options(
-                num_cpus=1,
-                num_gpus=gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-            ).remote(cfg, model_path)
-            for i in range(n)
-        ]
-        built = set(ray.get([w.ready.remote() for w in self.workers]))
-        if len(built) != 1:
-            raise RuntimeError(f"rollout workers built different engines {sorted(built)} (rollout.engine=auto "
-                               "on nodes with and without vLLM): install the same packages on every node")
-        self.engine = built.pop()
-        """The engine the workers built ("hf" or "vllm"), what rollout.engine=auto resolved to."""
+        self.pg, self.workers, self.engine = start_rollout_workers(
+            cfg, model_path, cfg.rollout.num_workers, cfg.rollout.gpus_per_worker, "ovlt-rollout")
+        """self.engine: the engine the workers built ("hf" or "vllm"), what rollout.engine=auto resolved to."""
 
     def generate(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
         """Groups of `params.n` generations, in prompt order, prompts spread over the workers."""
@@ -240,6 +224,36 @@ class RolloutGroup:
         for w in self.workers:
             ray.kill(w)
         remove_placement_group(self.pg)
+
+
+def start_rollout_workers(cfg: Config, model_path: str, n: int, gpus: float, name: str,
+                          device: str | None = None) -> tuple[Any, list[Any], str]:
+    """`n` RolloutWorker actors of `gpus` GPUs each in one placement group named `name` (placed
+    by placement.place); returns (placement group, workers, the engine they built: "hf" or "vllm").
+    `device` is RolloutWorker's (None: cfg.trainer.device)."""
+    from ovlt_rl.workers.rollout import RolloutWorker
+
+    pg = place(n, gpus, {}, name).pg
+    remote_cls = ray.remote(RolloutWorker)
+    workers = [
+        remote_cls.options(
+            num_cpus=1,
+            num_gpus=gpus,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+        ).remote(cfg, model_path, device)
+        for i in range(n)
+    ]
+    try:
+        built = set(ray.get([w.ready.remote() for w in workers]))
+        if len(built) != 1:
+            raise RuntimeError(f"rollout workers built different engines {sorted(built)} (rollout.engine=auto "
+                               "on nodes with and without vLLM): install the same packages on every node")
+    except BaseException:  # an engine that failed to load: free the others' GPUs before the error goes up
+        for w in workers:
+            ray.kill(w)
+        remove_placement_group(pg)
+        raise
+    return pg, workers, built.pop()
 
 
 def split_for_ranks(items: list[Any], world: int) -> list[list[Any]]:

@@ -13,9 +13,11 @@ from ovlt_rl.engines.base import Generation, SamplingParams
 
 
 class RolloutWorker:
-    def __init__(self, cfg: Config, model_path: str):
+    def __init__(self, cfg: Config, model_path: str, device: str | None = None):
+        """`device` ("auto", "cpu" or "cuda"; None: cfg.trainer.device) lets data preparation run
+        its engines on prepare.device."""
         torch.set_num_threads(int(os.environ.get("OVLT_TORCH_THREADS", "1")))
-        use_cuda = torch.cuda.is_available() and cfg.trainer.device != "cpu"
+        use_cuda = torch.cuda.is_available() and (device or cfg.trainer.device) != "cpu"
         self.device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
         self.cfg = cfg
         self.engine = make_engine(cfg, model_path, self.device)

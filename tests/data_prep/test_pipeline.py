@@ -141,6 +141,7 @@ def test_config_errors_name_the_field():
     check(["prepare.distill.captioner=engine"], "prepare.distill.captioner_model")
     check(["prepare.simulate.vague_families=[charts]"], "prepare.simulate.vague_families")
     check(["prepare.filters.contamination_keys=[pixels]"], "prepare.filters.contamination_keys")
+    check(["prepare.num_engines=0"], "prepare.num_engines")
 
 
 @pytest.mark.parametrize("recipe", ["tiny/prepare", "openvlthinker/prepare_iter1", "openvlthinker/prepare_iter2",

@@ -131,6 +131,8 @@ def test_data_path_rules():
     cfg = load_config("eval", ["eval.benchmarks=[mathvista]"])
     with pytest.raises(ConfigError, match=r"eval.data: no local copy of benchmark 'mathvista'"):
         data_path(cfg.eval, "mathvista")
+    with pytest.raises(ConfigError, match=r"eval.num_engines: must be >= 1, got 0"):
+        load_config("eval", ["eval.num_engines=0"])
 
 
 def test_category_keys_do_not_collide_with_record_keys():
@@ -177,6 +179,11 @@ def test_evaluate_samples_with_hf_engine(mathvista_dir, tiny_model_dir, tiny_mod
     # top_k=1 is greedy: the same responses again.
     again = evaluate_samples(engine, samples, params, batch_size=4, data_cfg=data_cfg, progress=False)
     assert [r["response"] for r in again] == [r["response"] for r in recs]
+    # Two engines (eval.num_engines=2 gives actors; two in-process copies take the same path here):
+    # the batches are spread over both and the records come back in sample order, the same.
+    other = HFEngine(str(tiny_model_dir), processor=tiny_processor, micro_batch_size=4)
+    split = evaluate_samples([engine, other], samples, params, batch_size=1, data_cfg=data_cfg, progress=False)
+    assert split == recs
     assert summarize(recs, ["question_type"])["skipped"] == 1
     with pytest.raises(ValueError, match="n=2"):
         evaluate_samples(engine, samples, replace(params, n=2), batch_size=2)
