@@ -78,12 +78,20 @@ def _build_once(target: Path, build) -> Path:
 
 def tiny_reasoner_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the tiny text reasoner lives in the cache (built from the shipped tiny-pretrained on first use)."""
-    from ovlt_rl.models.tiny_reasoner import TINY_REASONER_BUILDER_VERSION, build_tiny_reasoner, source_fingerprint  # noqa: PLC0415
+    from ovlt_rl.models.tiny_reasoner import TINY_REASONER_BUILDER_VERSION, build_tiny_reasoner  # noqa: PLC0415
 
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source = Path(_tiny_pretrained_dir())
-    target = cache / f"tiny-reasoner-v{TINY_REASONER_BUILDER_VERSION}-{source_fingerprint(source)[:12]}"
+    target = cache / f"tiny-reasoner-v{TINY_REASONER_BUILDER_VERSION}-{_source_fingerprint(source)[:12]}"
     return _build_once(target, lambda: build_tiny_reasoner(target, source))
+
+
+@functools.cache
+def _source_fingerprint(source: Path) -> str:
+    # Hashing the shipped weights (6 MB) once per process: every resolve of "tiny-reasoner" names its folder.
+    from ovlt_rl.models.tiny_reasoner import source_fingerprint  # noqa: PLC0415
+
+    return source_fingerprint(source)
 
 
 def _tiny_pretrained_dir() -> str:

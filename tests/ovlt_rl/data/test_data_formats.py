@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from foreign_layouts import IMAGE, easyr1_table, save_dataset_dict, save_to_disk, verl_rows, write_verl_parquet
+from foreign_layouts import easyr1_table, save_dataset_dict, save_to_disk, verl_rows, write_verl_parquet
 from ovlt_rl.data.dataset import PromptDataset, SFTDataset
 from ovlt_rl.data.formats import DataFormat, FormatError, read_source, source_exists
 
