@@ -259,6 +259,12 @@ class AlgorithmConfig:
     """DAPO: drop groups whose rewards are all equal and generate more to refill the batch."""
     max_sampling_rounds: int = 3
     """Generation rounds per step when dynamic_sampling refills."""
+    overlap: bool = False
+    """One-step off-policy: generate the next step's rollouts (with the weights from before this
+    step's update) while this step's update runs; the update's ratio is taken against the
+    rollout engine's sampled log-probs. Saves about min(generate, update) per step with split
+    placement; needs an engine that keeps its weights during the update (not colocated vLLM,
+    which sleeps). docs/overlap.md."""
 
 
 @dataclass
@@ -446,6 +452,9 @@ def validate(cfg: Config, command: str) -> None:
         check(0 < r.temperature, "rollout.temperature", f"must be > 0, got {r.temperature}")
         check(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
         check(cfg.reward.timeout > 0, "reward.timeout", f"must be > 0, got {cfg.reward.timeout}")
+        check(not (cfg.algorithm.overlap and 0 < r.gpus_per_worker < 1), "algorithm.overlap",
+              f"needs rollout workers on GPUs of their own (split placement); rollout.gpus_per_worker={r.gpus_per_worker} "
+              "shares the policy's GPU, so generation and the update cannot run at once")
         check(r.vllm_sleep_level in (1, 2), "rollout.vllm_sleep_level", f"must be 1 or 2, got {r.vllm_sleep_level!r}")
         for name in ("max_memory_mb", "max_cpu_seconds", "max_file_size_mb", "max_processes", "max_output_bytes"):
             value = getattr(cfg.reward, name)

@@ -12,6 +12,8 @@ One GRPO step (grpo_step):
   6. the policy updates over mini-batches (each split into micro-batches per rank)
   7. new weights go to the rollout workers (and are checked against the policy's log-probs)
   8. metrics, validation, checkpoint
+With `algorithm.overlap` (one-step off-policy, ovlt_rl/driver/ahead.py) steps 1-3 of the next
+step run in a driver thread during 5-6, on the weights from before this step's update.
 
 What both loops share (output folder, workers, resume, checkpoints, shutdown) is the Run in
 ovlt_rl/driver/run.py; the pieces of a step are the other modules of ovlt_rl/driver/.
@@ -24,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ovlt_rl.config import Config
+from ovlt_rl.driver.ahead import RolloutsAhead
 from ovlt_rl.driver.datasets import open_datasets, total_steps
 from ovlt_rl.driver.metrics import grpo_update_metrics, rollout_metrics, sft_update_metrics
 from ovlt_rl.driver.rollouts import Rollouts, collect_groups, sampling_params, score_groups
 from ovlt_rl.driver.run import Run, is_step
-from ovlt_rl.driver.samples import advantage_samples, attach, batch_denominator, minibatches
+from ovlt_rl.driver.samples import advantage_samples, attach, batch_denominator, behaviour_logprobs, minibatches
 from ovlt_rl.driver.timer import PhaseTimer
 from ovlt_rl.driver.validation import logprob_agreement, val_loss, validate
 from ovlt_rl.models.sequences import sft_sample
@@ -44,7 +47,7 @@ def run_grpo(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
 
     a, r, d = cfg.actor, cfg.rollout, cfg.data
-    with Run(cfg) as run:
+    with Run(cfg) as run, RolloutsAhead() as ahead:
         train, val = open_datasets(cfg, run.processor, sft=False)
         steps = total_steps(cfg, len(train), d.rollout_batch_size)
         n_minibatches = d.rollout_batch_size * r.n // a.global_batch_size
@@ -56,22 +59,40 @@ def run_grpo(cfg: Config) -> Path:
             m = validate(run, val, 0)
             run.tracker.log(0, m)
             run.tracker.write(f"step 0: val/accuracy {m['val/accuracy']:.3f}")
+        if start_step > 0 and cfg.algorithm.overlap:
+            log.warning("resume with algorithm.overlap: step %d's rollouts are generated now, with the checkpoint's weights "
+                        "(the interrupted run had sampled them one update earlier); the steps after run one step off-policy again",
+                        start_step + 1)
         for step in range(start_step + 1, steps + 1):
-            metrics = grpo_step(run, train, sampler, step, n_minibatches)
+            metrics = grpo_step(run, train, sampler, step, n_minibatches, ahead=ahead if cfg.algorithm.overlap else None, last=steps)
             if val is not None and is_step(step, cfg.trainer.val_every, steps):
                 metrics.update(validate(run, val, step))
-            run.end_step(step, metrics, postfix_keys=("reward/mean", "val/accuracy", "response_length/mean", "throughput/tokens_per_s"))
+            run.end_step(step, metrics, postfix_keys=("reward/mean", "val/accuracy", "response_length/mean", "throughput/tokens_per_s"),
+                         data_state=ahead.data_state)
         run.save_final_model()
     return run.out
 
 
-def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int) -> dict[str, Any]:
-    """One GRPO step, phase by phase; returns the step's metrics (validation aside)."""
+def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead: RolloutsAhead | None = None,
+              last: int = 0) -> dict[str, Any]:
+    """One GRPO step, phase by phase; returns the step's metrics (validation aside).
+
+    `ahead` (algorithm.overlap): where this step's batch was generated during the step before,
+    and where the next one (up to step `last`) is generated during this step's update.
+    """
     cfg, a, r = run.cfg, run.cfg.actor, run.cfg.rollout
     timer = PhaseTimer()
 
     # 1-3. prompts -> groups of responses -> rewards (refilled if dynamic sampling drops groups)
-    batch = generate_and_score(run, train, sampler, step, timer)
+    batch = None
+    if ahead is not None:
+        with timer.phase("rollout_wait"):
+            batch = ahead.take(step)  # None on the first step and the first after a resume
+    staleness = 1 if batch is not None else 0
+    if batch is None:
+        batch = generate_and_score(run, train, sampler, step, timer)
+    if ahead is not None and step < last:  # overlap: the next batch on the weights from before this update
+        ahead.start(step + 1, lambda: generate_ahead(run, train, sampler, step + 1), data_state=run.data_state())
 
     # 4. group-relative advantages, one sample per response
     samples, rewards = advantage_samples(batch, r.n, norm_by_std=cfg.algorithm.norm_adv_by_std)
@@ -83,7 +104,9 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int) -> dict[s
     # until the weight sync (7) wakes it.
     run.rollout.sleep()
     like_sampling = dict(micro_batch_size=a.micro_batch_size, temperature=r.temperature)
-    if a.ppo_epochs * n_minibatches > 1:
+    if ahead is not None:  # the ratio against the policy that sampled (the rollout engine's log-probs)
+        attach(samples, "old_logprobs", behaviour_logprobs(batch))
+    elif a.ppo_epochs * n_minibatches > 1:
         with timer.phase("old_logprob"):
             attach(samples, "old_logprobs", run.policy.compute_logprobs(samples, which="policy", **like_sampling))
     if a.use_kl_loss:
@@ -100,7 +123,11 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int) -> dict[s
     update = grpo_update_metrics(results, run.policy.world_size)
     run.nonfinite.count(update["actor/skipped_updates"] > 0)
 
-    # 7. weight sync, then check that rollout and policy agree on the same tokens
+    # 7. weight sync (once the rollout workers finished the batch running ahead), then check that
+    # rollout and policy agree on the same tokens
+    if ahead is not None:
+        with timer.phase("rollout_wait"):
+            ahead.wait()
     with timer.phase("sync"):
         run.weights.push()
     sync = {}
@@ -110,11 +137,14 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int) -> dict[s
 
     # 8. metrics
     step_metrics = rollout_metrics(batch, rewards, r.n, decode_errors=train.skipped["decode_error"], step_s=timer.elapsed())
-    return {**batch.metrics, **update, **sync, **step_metrics, **timer.metrics()}
+    overlap = {"rollout/staleness": float(staleness)} if ahead is not None else {}
+    return {**batch.metrics, **update, **sync, **step_metrics, **overlap, **timer.metrics()}
 
 
 def generate_and_score(run: Run, train, sampler, step: int, timer: PhaseTimer) -> Rollouts:
-    """`data.rollout_batch_size` prompts with `rollout.n` scored responses each (GRPO steps 1-3)."""
+    """`data.rollout_batch_size` prompts with `rollout.n` scored responses each (GRPO steps 1-3),
+    timed by `timer` (a batch generated ahead carries its own times, `timing/generate_s` and
+    `timing/reward_s`, in its metrics)."""
     import reward
 
     cfg = run.cfg
@@ -134,6 +164,14 @@ def generate_and_score(run: Run, train, sampler, step: int, timer: PhaseTimer) -
     # (ovlt_rl/data/items.py): the same on a resume, and the batch keeps its size.
     return collect_groups(lambda: train.batch(next(sampler)), generate, score, want=cfg.data.rollout_batch_size, n=cfg.rollout.n,
                           dynamic_sampling=cfg.algorithm.dynamic_sampling, max_rounds=cfg.algorithm.max_sampling_rounds)
+
+
+def generate_ahead(run: Run, train, sampler, step: int) -> Rollouts:
+    """generate_and_score in the overlap thread, with the batch's own generation and reward times in its metrics."""
+    timer = PhaseTimer()
+    batch = generate_and_score(run, train, sampler, step, timer)
+    batch.metrics.update(timer.metrics())
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------

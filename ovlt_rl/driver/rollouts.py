@@ -122,5 +122,7 @@ def sampling_params(cfg: Config, *, validation: bool, seed: int | None) -> Sampl
         max_new_tokens=cfg.data.max_response_length,
         stop=list(r.stop),
         seed=seed,
-        logprobs=False,
+        # One-step off-policy updates take their ratio against the engine's sampled log-probs;
+        # on-policy ones recompute them on the policy workers.
+        logprobs=cfg.algorithm.overlap and not validation,
     )

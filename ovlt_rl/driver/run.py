@@ -105,13 +105,18 @@ class Run:
                                project=t.project, experiment=t.experiment, config=asdict(self.cfg), desc=desc)
         return start_step
 
-    def end_step(self, step: int, metrics: dict[str, Any], postfix_keys: tuple[str, ...]) -> None:
-        """Log the step's metrics, then checkpoint every trainer.save_every steps and at the last."""
+    def data_state(self) -> dict[str, Any]:
+        """Where the data order stands: the sampler, and the rows whose images failed to decode."""
+        return {"sampler": self.sampler.state_dict(), "decode_failures": self.train.state_dict()}
+
+    def end_step(self, step: int, metrics: dict[str, Any], postfix_keys: tuple[str, ...], data_state: dict[str, Any] | None = None) -> None:
+        """Log the step's metrics, then checkpoint every trainer.save_every steps and at the last.
+        `data_state`: the data order to resume from, when it is not the current one (a batch
+        generated ahead has drawn rows that this checkpoint's step has not trained)."""
         self.tracker.log(step, metrics, postfix_keys=postfix_keys)
         self.tracker.advance()
         if is_step(step, self.cfg.trainer.save_every, self.total_steps):
-            driver_state = {"step": step, "sampler": self.sampler.state_dict(), "nonfinite_in_a_row": self.nonfinite.in_a_row,
-                            "decode_failures": self.train.state_dict()}
+            driver_state = {"step": step, "nonfinite_in_a_row": self.nonfinite.in_a_row, **(data_state or self.data_state())}
             self.save_checkpoint(step, driver_state)
 
     def save_checkpoint(self, step: int, driver_state: dict[str, Any]) -> Path:

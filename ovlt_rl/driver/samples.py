@@ -26,6 +26,18 @@ def advantage_samples(batch: Rollouts, n: int, *, norm_by_std: bool) -> tuple[li
     return samples, rewards
 
 
+def behaviour_logprobs(batch: Rollouts) -> list[torch.Tensor]:
+    """Per sample (advantage_samples' order), the log-probs the rollout engine sampled each response
+    token with, aligned with the sample's input_ids (0 on the prompt), as the update's old log-probs."""
+    out = []
+    for p, grp in zip(batch.prompts, batch.groups):
+        for g in grp:
+            if g.logprobs is None or len(g.logprobs) != len(g.token_ids):
+                raise RuntimeError("algorithm.overlap needs the rollout engine's sampled log-probs, and a response came without them")
+            out.append(torch.cat([torch.zeros(len(p["input_ids"])), torch.tensor(g.logprobs, dtype=torch.float32)]))
+    return out
+
+
 def attach(samples: list[dict[str, Any]], key: str, values: list[Any]) -> None:
     """samples[i][key] = values[i]."""
     for s, v in zip(samples, values, strict=True):

@@ -39,6 +39,12 @@ class SamplingParams:
     logprobs: bool = True
     """Return the sampling log-prob of each generated token when the engine can do it cheaply."""
 
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature of the returned log-probs: the sampling one (1 when greedy). A trainer
+        taking these as the behaviour policy's (one-step off-policy) divides its logits the same way."""
+        return self.temperature if self.temperature > 0 else 1.0
+
 
 @dataclass
 class Generation:

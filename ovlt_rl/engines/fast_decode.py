@@ -153,6 +153,8 @@ class _Workspace:
     out_logprobs: torch.Tensor
     seen: torch.Tensor | None
     temperature: torch.Tensor
+    logprob_temperature: torch.Tensor
+    """[1] the temperature of the reported log-probs: the sampling one, or 1 when greedy."""
     top_k: torch.Tensor
     top_p: torch.Tensor
     penalty: torch.Tensor
@@ -215,8 +217,9 @@ class StaticCacheDecoder:
         """(token ids, log-probs or None) of `params.n` samples per prompt, row i*n+j = sample j of prompt i.
 
         Rows run until EOS or `params.max_new_tokens`; after EOS a row holds padding (cut by the
-        caller). Log-probs are those of the model at temperature 1 (log-softmax of the raw logits,
-        as `HFEngine.compute_logprobs` gives), taken in the loop instead of by a second forward.
+        caller). Log-probs are those of the sampling distribution before top-k/top-p: log-softmax of
+        logits / temperature (temperature 1 when greedy), as `HFEngine.compute_logprobs` gives at
+        that temperature, taken in the loop instead of by a second forward.
         `batch_fn(prompts)` collates prompt items into model inputs on the device.
         """
         n, T = params.n, params.max_new_tokens
@@ -290,13 +293,14 @@ class StaticCacheDecoder:
             out_tokens=torch.full((B, T), self.pad_id, dtype=torch.long, device=dev),
             out_logprobs=torch.zeros(B, T, dtype=torch.float32, device=dev),
             seen=None,
-            temperature=torch.ones(1, device=dev), top_k=torch.zeros(1, dtype=torch.long, device=dev),
+            temperature=torch.ones(1, device=dev), logprob_temperature=torch.ones(1, device=dev), top_k=torch.zeros(1, dtype=torch.long, device=dev),
             top_p=torch.ones(1, device=dev), penalty=torch.ones(1, device=dev),
             graphs={}, pool=torch.cuda.graph_pool_handle() if self.cuda_graphs else None,
         )
 
     def _set_params(self, ws: _Workspace, params) -> None:
         ws.temperature.fill_(max(params.temperature, 1e-6))
+        ws.logprob_temperature.fill_(params.logprob_temperature)
         ws.top_k.fill_(params.top_k if params.top_k > 0 else 0)
         ws.top_p.fill_(params.top_p)
         ws.penalty.fill_(params.repetition_penalty)
@@ -387,7 +391,7 @@ class StaticCacheDecoder:
         tok = tok.masked_fill(ws.finished, self.pad_id)
         ws.out_tokens.index_copy_(1, ws.step, tok[:, None])
         if mode.logprobs:
-            lp = logits.log_softmax(dim=-1).gather(1, tok[:, None])
+            lp = (logits / ws.logprob_temperature).log_softmax(dim=-1).gather(1, tok[:, None])
             ws.out_logprobs.index_copy_(1, ws.step, lp.masked_fill(ws.finished[:, None], 0.0))
         ws.finished |= (tok[:, None] == self.eos[None, :]).any(dim=-1)
         if mode.penalty:

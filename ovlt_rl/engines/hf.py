@@ -12,7 +12,8 @@ Two generation paths give the same tokens under greedy decoding:
 - plain (`"off"`, or "auto" on CPU): transformers `generate`, each chunk of prompts left-padded into
   one batch and expanded `n` times with `num_return_sequences`.
 
-Log-probs (temperature 1, as `compute_logprobs`): the fast path takes them in the decode loop; the
+Log-probs (at the sampling temperature, as `compute_logprobs(..., temperature=)`; 1 when greedy):
+the fast path takes them in the decode loop; the
 plain path would need the full-vocabulary logits of every step kept in memory (`output_logits`,
 B*T*V floats), so it runs one teacher-forced forward over prompt+response instead. The trainer
 always recomputes old log-probs on the policy workers anyway.
@@ -160,7 +161,7 @@ class HFEngine:
                 group.append(self._finish(responses[i * params.n + j], None, params))
             groups.append(group)
         if params.logprobs:
-            self._attach_logprobs(prompts, groups)
+            self._attach_logprobs(prompts, groups, params.logprob_temperature)
         return groups
 
     def _generate_chunk_fast(self, prompts: list[dict[str, Any]], params: SamplingParams) -> list[list[Generation]]:
@@ -211,13 +212,13 @@ class HFEngine:
                 lo = mid + 1
         return lo
 
-    def _attach_logprobs(self, prompts: list[dict[str, Any]], groups: list[list[Generation]]) -> None:
+    def _attach_logprobs(self, prompts: list[dict[str, Any]], groups: list[list[Generation]], temperature: float) -> None:
         flat_prompts, flat_resp = [], []
         for p, group in zip(prompts, groups):
             for g in group:
                 flat_prompts.append(p)
                 flat_resp.append(g.token_ids)
-        lps = self.compute_logprobs(flat_prompts, flat_resp)
+        lps = self.compute_logprobs(flat_prompts, flat_resp, temperature=temperature)
         k = 0
         for group in groups:
             for g in group:
@@ -227,15 +228,15 @@ class HFEngine:
     # -- log-probs and weights -----------------------------------------------------------------
 
     @torch.no_grad()
-    def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]]) -> list[list[float]]:
-        """Teacher-forced log-probs of each response token given its prompt (temperature 1)."""
+    def compute_logprobs(self, prompts: list[dict[str, Any]], responses: list[list[int]], temperature: float = 1.0) -> list[list[float]]:
+        """Teacher-forced log-probs of each response token given its prompt, of softmax(logits / temperature)."""
         from ovlt_rl.models.sequences import build_sequences, sequence_logprobs
 
         out: list[list[float]] = []
         for start in range(0, len(prompts), self.micro_batch_size):
             batch = build_sequences(prompts[start : start + self.micro_batch_size], responses[start : start + self.micro_batch_size], self.pad_id)
             batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-            lp = sequence_logprobs(self.model, batch)
+            lp = sequence_logprobs(self.model, batch, temperature=temperature)
             for row, n in zip(lp, batch["response_lengths"]):
                 out.append(row[:n].float().cpu().tolist())
         return out

@@ -209,9 +209,10 @@ def token_logprobs(
     return out, ent_out
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: dict[str, Any]) -> list[torch.Tensor]:
-    """Log-probs of each row's response tokens (for build_sequences batches), one tensor per row."""
-    lp, _ = token_logprobs(model, batch)
+def sequence_logprobs(model: torch.nn.Module, batch: dict[str, Any], temperature: float = 1.0) -> list[torch.Tensor]:
+    """Log-probs of each row's response tokens (for build_sequences batches), one tensor per row,
+    of softmax(logits / temperature)."""
+    lp, _ = token_logprobs(model, batch, temperature=temperature)
     rows = []
     for i, (p, r) in enumerate(zip(batch["prompt_lengths"], batch["response_lengths"])):
         rows.append(lp[i, p : p + r])

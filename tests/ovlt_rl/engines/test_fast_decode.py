@@ -125,17 +125,19 @@ def test_eos_and_stop_strings_cut_like_generate(tiny_model_dir, lively_model, ti
 
 def test_sampling_is_seeded_avoids_vision_tokens_and_reports_model_logprobs(tiny_model_dir, lively_model, tiny_processor, prompts):
     _, fast = _engines(tiny_model_dir, lively_model, tiny_processor)
-    params = SamplingParams(n=4, temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=12, seed=3)
+    params = SamplingParams(n=4, temperature=0.7, top_p=0.95, top_k=50, max_new_tokens=12, seed=3)
     a = fast.generate(prompts, params)
     b = fast.generate(prompts, params)
     assert [[g.token_ids for g in grp] for grp in a] == [[g.token_ids for g in grp] for grp in b]
     rows = [g for grp in a for g in grp]
     assert len({tuple(g.token_ids) for g in rows}) > len(prompts)  # samples of one prompt differ
     assert not set(fast.forbidden) & {t for g in rows for t in g.token_ids}
-    # In-loop log-probs are the model's at temperature 1 (what compute_logprobs gives).
+    # In-loop log-probs are the model's at the sampling temperature (what compute_logprobs gives).
     flat_prompts = [p for p in prompts for _ in range(4)]
-    ref = fast.compute_logprobs(flat_prompts, [g.token_ids for g in rows])
+    ref = fast.compute_logprobs(flat_prompts, [g.token_ids for g in rows], temperature=0.7)
     assert max(abs(x - y) for g, r in zip(rows, ref) for x, y in zip(g.logprobs, r)) < 1e-4
+    at_one = fast.compute_logprobs(flat_prompts, [g.token_ids for g in rows])
+    assert max(abs(x - y) for g, r in zip(rows, at_one) for x, y in zip(g.logprobs, r)) > 1e-2  # the temperature is applied
 
 
 def _mode(**kw):
