@@ -238,6 +238,11 @@ class ActorConfig:
     reshard_after_forward: bool = True
     """FSDP2: free gathered parameters after each forward (less memory) or keep them for the
     backward (one all-gather less per layer and micro-batch)."""
+    offload_optimizer: bool = False
+    """GRPO on GPUs: move Adam's state to host memory after each step's updates and back before the
+    next step's first update, so generation and the log-prob passes get that memory (2x the
+    trainable parameters in fp32; for a policy sharing its GPU with a colocated vLLM). Costs two
+    host copies of the state per step."""
     max_nonfinite_in_a_row: int = 3
     """Stop after this many consecutive updates with a non-finite loss or grad norm (each is skipped)."""
     padding_free: bool = True

@@ -50,6 +50,7 @@ HARMLESS_ON_RESUME: tuple[str, ...] = (
     "actor.max_tokens_per_micro_batch",
     "actor.logprob_max_tokens_per_micro_batch",
     "actor.reshard_after_forward",
+    "actor.offload_optimizer",
     "model.gradient_checkpointing",
     "rollout.micro_batch_size",
     "rollout.hf_fast_decode",

@@ -122,6 +122,9 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead:
                 results.append(run.policy.update_policy(mb, denominator=denominator, temperature=r.temperature))
     update = grpo_update_metrics(results, run.policy.world_size)
     run.nonfinite.count(update["actor/skipped_updates"] > 0)
+    if a.offload_optimizer:  # until the next step's first update (memory for vLLM and the log-prob passes)
+        with timer.phase("offload"):
+            update["actor/offloaded_gib"] = run.policy.offload_optimizer() / 2**30
 
     # 7. weight sync (once the rollout workers finished the batch running ahead), then check that
     # rollout and policy agree on the same tokens

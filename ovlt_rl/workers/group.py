@@ -149,6 +149,10 @@ class PolicyGroup:
         shares = split_for_ranks(samples, self.world_size)
         return ray.get([w.sft_step.remote(s, denominator=denominator) for w, s in zip(self.workers, shares)])
 
+    def offload_optimizer(self) -> int:
+        """Every rank's optimizer state to host memory until its next update; bytes moved, all ranks."""
+        return sum(ray.get([w.offload_optimizer.remote() for w in self.workers]))
+
     def save_checkpoint(self, path: str) -> None:
         ray.get([w.save_checkpoint.remote(path) for w in self.workers])
 

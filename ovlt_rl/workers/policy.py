@@ -146,6 +146,12 @@ class PolicyWorker:
         if self.with_reference:
             ref = load_model(self.model_path, dtype=torch.float32, device=self.device, attn_implementation=m.attn_implementation)
             ref.requires_grad_(False)
+            # The reference never trains, so it keeps its parameters in the compute dtype: half the
+            # memory under bf16 (7.5 GB less for a 3B model), and the same numbers, since mixed
+            # precision casts the policy's fp32 parameters to that dtype for every forward anyway
+            # (buffers, e.g. the rotary frequencies, stay as loaded, as they do in the policy).
+            for p in ref.parameters():
+                p.data = p.data.to(compute_dtype)
             self._prepare_attention(ref, compute_dtype)
             self.ref = shard_model(ref, mp_dtype=mp, mesh=self.mesh)
             self.ref.eval()
@@ -155,6 +161,9 @@ class PolicyWorker:
         self.optimizer = torch.optim.AdamW(
             trainable, lr=a.lr, betas=tuple(a.betas), weight_decay=a.weight_decay, fused=fused
         )
+        from ovlt_rl.workers.offload import OptimizerOffload
+
+        self.optimizer_offload = OptimizerOffload(self.optimizer)
         warmup = int(a.warmup_ratio * total_opt_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -259,8 +268,13 @@ class PolicyWorker:
 
     # -- updates ---------------------------------------------------------------------------------
 
+    def offload_optimizer(self) -> int:
+        """Move the optimizer state to host memory until the next step (actor.offload_optimizer); bytes moved."""
+        return self.optimizer_offload.offload()
+
     def _step_optimizer(self) -> tuple[float, bool]:
         """Clip, then step unless the grad norm is non-finite (then skip and count). Collective."""
+        self.optimizer_offload.reload()  # no-op unless offload_optimizer moved the state out
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.policy.parameters() if p.requires_grad], self.actor.grad_clip
         )
@@ -415,6 +429,7 @@ class PolicyWorker:
 
         # The training dtype as resolved on this device (model.dtype=auto depends on it), for `ovlt export`.
         dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_dtype(self.model_cfg.dtype, self.device)]
+        self.optimizer_offload.reload()  # the state is saved from where the update uses it
         save_state(path, self.policy, self.optimizer, self.rank, self.world,
                    {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps, "dtype": dtype})
         dist.barrier()
@@ -424,6 +439,7 @@ class PolicyWorker:
         the output folder is unpickled."""
         from ovlt_rl.workers.sharded_state import load_state
 
+        self.optimizer_offload.reload()
         state = load_state(path, self.policy, self.optimizer, self.world)
         self.opt_steps = int(state["opt_steps"])
         # Recreate the lr schedule position: LambdaLR's lr is a pure function of last_epoch.

@@ -214,3 +214,22 @@ def test_logprobs_and_update_at_the_rollout_temperature(model_path):
     assert m["actor/ratio_mean_wsum"] / m["actor/tokens"] == pytest.approx(1.0, abs=1e-5)
     assert m["actor/approx_kl_wsum"] == pytest.approx(0.0, abs=1e-6)
     w.shutdown()
+
+
+def test_bf16_reference_keeps_bf16_parameters_and_gives_the_policys_logprobs(model_path):
+    """Under bf16 compute the reference stores its parameters in bf16 (half the memory of the
+    policy's fp32 ones) and, before any update, gives exactly the policy's log-probs: mixed
+    precision computes the policy in the same bf16 values."""
+    w = _worker(model_path, **{"actor.use_kl_loss": "true", "model.dtype": "bf16"})
+    ref_dtypes = {p.dtype for p in w.ref.parameters()}
+    policy_dtypes = {p.dtype for p in w.policy.parameters()}
+    assert ref_dtypes == {torch.bfloat16} and policy_dtypes == {torch.float32}
+    processor = load_processor(model_path)
+    samples = _samples(processor, n=3)
+    kw = dict(micro_batch_size=2, temperature=1.0)
+    ref = w.compute_logprobs(samples, which="ref", **kw)
+    pol = w.compute_logprobs(samples, which="policy", **kw)
+    w.shutdown()
+    for r, p, s in zip(ref, pol, samples):
+        mask = s["loss_mask"].bool()
+        assert torch.equal(r[mask], p[mask]) and r[mask].abs().sum() > 0
