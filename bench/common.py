@@ -17,6 +17,44 @@ sys.path.insert(0, str(REPO))
 PEAK_BF16_TFLOPS = 989.0  # dense bf16 per H100/H200 (SXM), the MFU denominator the issue fixes
 
 
+HBM_TBPS = {"H100": 3.35, "H200": 4.8}  # memory bandwidth (SXM), the decode and copy limit
+
+
+def hbm_tbps() -> float:
+    """This GPU's HBM bandwidth in TB/s (H100's when the name is not known)."""
+    name = device_name()
+    return next((tbps for key, tbps in HBM_TBPS.items() if key in name), HBM_TBPS["H100"])
+
+
+class GpuMemoryPeak:
+    """The highest memory in use on GPU 0 (every process: policy, reference and a colocated vLLM
+    together), sampled from nvidia-smi every `every` seconds in a thread while the block runs."""
+
+    def __init__(self, every: float = 0.2):
+        self.every, self.peak_gib = every, 0.0
+
+    def __enter__(self) -> "GpuMemoryPeak":
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                                     capture_output=True, text=True, timeout=10).stdout
+                self.peak_gib = max(self.peak_gib, float(out.split()[0]) / 1024)
+            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+                return  # no nvidia-smi: the peak stays 0 and is reported as such
+
+    def __exit__(self, *exc_info) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
 def qwen25vl_7b_config():
     """Qwen2.5-VL-7B-Instruct's published architecture (random weights are enough for throughput)."""
     from transformers import Qwen2_5_VLConfig

@@ -3,7 +3,7 @@ workers, FSDP2 policy + reference, hf or vLLM rollout engine, reward, weight syn
 
     python bench/grpo_step.py --model 7b --policy-gpus 2 --rollout-gpus 2 --prompts 16 --steps 2
     python bench/grpo_step.py --model 3b --policy-gpus 1 --rollout-gpus 1 --gpus-per-worker 0.5 --engine vllm \
-        --extra rollout.gpu_memory_utilization=0.3      # one GPU, colocated
+        --extra rollout.gpu_memory_utilization=0.3 actor.offload_optimizer=true   # one GPU, colocated
 
 The paper's GRPO settings scaled to the machine: n=5 samples per prompt, temperature 1.0, top-p
 0.99, images of 504x504 (324 image tokens, the 262144-pixel budget), KL loss (low_var_kl, 1e-2)
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from common import record, table  # noqa: E402  (puts the repo on sys.path)
+from common import PEAK_BF16_TFLOPS, GpuMemoryPeak, hbm_tbps, record, table  # noqa: E402  (puts the repo on sys.path)
 
 SHAPES = {
     # Qwen2.5-VL-7B-Instruct's and -3B-Instruct's published text shapes; both use the same vision tower.
@@ -124,7 +124,54 @@ def overrides(args, model_dir: str, data: Path, out: Path) -> list[str]:
     ]
 
 
-PHASES = ["generate", "reward", "old_logprob", "ref_logprob", "update", "sync"]
+PHASES = ["generate", "reward", "old_logprob", "ref_logprob", "update", "offload", "sync"]
+
+
+def param_counts(model_dir: str) -> dict[str, int]:
+    """Parameters of the text stack that run for every token (LM head included, embedding lookup
+    not), of the vision tower, and of everything (the bytes that generation reads per step)."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_dir))
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    embed = model.get_input_embeddings().weight.numel()
+    return {"text": total - vision - embed, "vision": vision, "total": total}
+
+
+def phase_limits(params: dict[str, int], m: dict, args, image_tokens: int) -> dict[str, float]:
+    """Each phase's least possible seconds on this machine, from its work and the GPU's limits
+    (dense bf16 FLOP/s, HBM bandwidth); attention FLOPs are left out, so the limits are low and the
+    fractions measured / limit conservative.
+
+    generate: prompt prefill once per prompt (n samples share it) + 2 N FLOPs per response token,
+      or reading the weights once per decode step for the mean response length, whichever is longer;
+    old/ref log-probs: a forward over every sample (2 N per token; the vision tower per sample);
+    update: forward + backward (3x the forward); sync (colocated): reading and writing the bf16
+      weights once in HBM.
+    """
+    samples = args.prompts * args.n
+    resp = m["response_length/mean"] * samples
+    prompt_per_sample = (m["throughput/tokens_per_s"] * m["timing/step_s"] - resp) / samples
+    patches = 4 * image_tokens  # 2x2 patches merge into one image token
+    peak, bw = PEAK_BF16_TFLOPS * 1e12, hbm_tbps() * 1e12
+    # Colocated workers (gpus_per_worker < 1) take turns on whole GPUs: each phase has its GPUs to itself.
+    policy_gpus = args.policy_gpus * max(1.0, args.gpus_per_worker)
+    rollout_gpus = args.rollout_gpus * max(1.0, args.gpus_per_worker)
+    forward = 2 * params["text"] * samples * (prompt_per_sample + m["response_length/mean"]) + 2 * params["vision"] * patches * samples
+    prefill = 2 * params["text"] * args.prompts * prompt_per_sample + 2 * params["vision"] * patches * args.prompts
+    limits = {
+        "generate": max((prefill + 2 * params["text"] * resp) / (peak * rollout_gpus),
+                        # every worker steps through the longest responses reading all its weights (TP splits them)
+                        2 * params["text"] * m["response_length/mean"] / (bw * max(1.0, args.gpus_per_worker))),
+        "old_logprob": forward / (peak * policy_gpus),
+        "ref_logprob": forward / (peak * policy_gpus),
+        "update": 3 * forward / (peak * policy_gpus),
+    }
+    if args.gpus_per_worker < 1:
+        limits["sync"] = 2 * 2 * params["total"] / bw
+    return limits
 
 
 def main() -> None:
@@ -171,7 +218,8 @@ def main() -> None:
     # The benchmark times GRPO steps; checkpoints are not part of a step (see the docstring).
     Run.save_checkpoint = lambda self, step, driver_state: None
     t0 = time.perf_counter()
-    controller.run_grpo(cfg)
+    with GpuMemoryPeak() as memory:
+        controller.run_grpo(cfg)
     wall = time.perf_counter() - t0
 
     steps = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m.get("step", 0) > 0]
@@ -190,9 +238,16 @@ def main() -> None:
                      "resp len": m["response_length/mean"]})
     print(table(rows, ["step", "step s", *[f"{p} s" for p in PHASES], "tokens", "tokens/s/GPU", "resp len"]))
     print(f"whole run (start-up, {len(steps)} steps, shutdown): {wall:.0f} s")
-    if args.no_record or args.device != "cuda":
+    if args.device != "cuda":
         return
+    limits = phase_limits(param_counts(model_dir), steps[-1], args, image_tokens=(args.image_size // 28) ** 2)
     last = per_step[-1]
+    fractions = {p: limits[p] / last[f"{p}_s"] for p in limits if last[f"{p}_s"] > 0}
+    print(table([{"phase": p, "measured s": last[f"{p}_s"], "limit s": limits[p], "fraction of limit": fractions.get(p, 0.0)}
+                 for p in limits], ["phase", "measured s", "limit s", "fraction of limit"]))
+    print(f"peak GPU memory in use (all processes on GPU 0, sampled every 0.2 s): {memory.peak_gib:.1f} GiB")
+    if args.no_record:
+        return
     record("grpo_step", n_gpu=int(gpus),
            config={"model": f"Qwen2.5-VL-{args.model}-shaped, tokenizer vocabulary {len(__import__('transformers').AutoTokenizer.from_pretrained(model_dir))}",
                    "policy_gpus": args.policy_gpus, "rollout_gpus": args.rollout_gpus, "prompts_per_step": args.prompts,
@@ -200,6 +255,7 @@ def main() -> None:
                    "max_tokens_per_micro_batch": args.max_tokens, "image": f"{args.image_size}x{args.image_size}",
                    "rollout_engine": args.engine, "gpus_per_worker": args.gpus_per_worker, "kl_loss": "low_var_kl 1e-2", "steps": args.steps},
            figures={"seconds": last["seconds"], "tokens_per_s_per_gpu": last["tokens_per_s_per_gpu"],
+                    "limit_s": limits, "fraction_of_limit": fractions, "peak_gpu_memory_gib": memory.peak_gib,
                     "breakdown_s": {p: last[f"{p}_s"] for p in PHASES + ["other"]}, "tokens_per_step": last["tokens"],
                     "response_length_mean": last["response_length_mean"], "steps": per_step},
            baseline={"name": "EasyR1, Qwen2.5-VL-7B GRPO, 8xH100, paper-like settings (published)",
