@@ -17,13 +17,13 @@ sys.path.insert(0, str(REPO))
 PEAK_BF16_TFLOPS = 989.0  # dense bf16 per H100/H200 (SXM), the MFU denominator the issue fixes
 
 
-HBM_TBPS = {"H100": 3.35, "H200": 4.8}  # memory bandwidth (SXM), the decode and copy limit
+HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}  # memory bandwidth (SXM): the decode and copy limit
 
 
-def hbm_tbps() -> float:
-    """This GPU's HBM bandwidth in TB/s (H100's when the name is not known)."""
+def hbm_bytes_per_s(default: str | None = None) -> float | None:
+    """This GPU's HBM bandwidth in bytes/s; for an unknown GPU, `default`'s (a key above) or None."""
     name = device_name()
-    return next((tbps for key, tbps in HBM_TBPS.items() if key in name), HBM_TBPS["H100"])
+    return next((b for k, b in HBM_BYTES_PER_S.items() if k in name), HBM_BYTES_PER_S.get(default))
 
 
 class GpuMemoryPeak:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from common import PEAK_BF16_TFLOPS, GpuMemoryPeak, hbm_tbps, record, table  # noqa: E402  (puts the repo on sys.path)
+from common import PEAK_BF16_TFLOPS, GpuMemoryPeak, hbm_bytes_per_s, record, table  # noqa: E402  (puts the repo on sys.path)
 
 SHAPES = {
     # Qwen2.5-VL-7B-Instruct's and -3B-Instruct's published text shapes; both use the same vision tower.
@@ -155,7 +155,7 @@ def phase_limits(params: dict[str, int], m: dict, args, image_tokens: int) -> di
     resp = m["response_length/mean"] * samples
     prompt_per_sample = (m["throughput/tokens_per_s"] * m["timing/step_s"] - resp) / samples
     patches = 4 * image_tokens  # 2x2 patches merge into one image token
-    peak, bw = PEAK_BF16_TFLOPS * 1e12, hbm_tbps() * 1e12
+    peak, bw = PEAK_BF16_TFLOPS * 1e12, hbm_bytes_per_s(default="H100")
     # Colocated workers (gpus_per_worker < 1) take turns on whole GPUs: each phase has its GPUs to itself.
     policy_gpus = args.policy_gpus * max(1.0, args.gpus_per_worker)
     rollout_gpus = args.rollout_gpus * max(1.0, args.gpus_per_worker)

@@ -27,11 +27,10 @@ from types import SimpleNamespace
 
 import torch
 
-from common import qwen25vl_7b_config, record, table  # noqa: E402  (bench/ is the script's folder)
+from common import hbm_bytes_per_s, qwen25vl_7b_config, record, table  # noqa: E402  (bench/ is the script's folder)
 
 IMAGE_GRID = (1, 36, 36)  # 504x504 pixels: 1296 patches, 324 tokens after the 2x2 merge
 VISION_START, IMAGE_PAD, VISION_END, ENDOFTEXT, IM_END = 151652, 151655, 151653, 151643, 151645
-HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 
 
 def build_model():
@@ -90,8 +89,7 @@ def bandwidth_limit(model, batch: int, context: float) -> dict:
     weight_bytes += model.lm_head.weight.numel() * model.lm_head.weight.element_size()
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2 * batch * context
-    name = torch.cuda.get_device_name(0)
-    bw = next((v for k, v in HBM_BYTES_PER_S.items() if k in name), None)
+    bw = hbm_bytes_per_s()
     step_bytes = weight_bytes + kv_bytes
     return {"step_gbytes": step_bytes / 1e9, "weight_gbytes": weight_bytes / 1e9, "kv_gbytes": kv_bytes / 1e9,
             "hbm_bytes_per_s": bw, "limit_tokens_per_s": batch / (step_bytes / bw) if bw else None}

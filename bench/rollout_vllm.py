@@ -33,9 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import PEAK_BF16_TFLOPS, device_name, record, table  # noqa: E402  (bench/ is the script's folder)
+from common import PEAK_BF16_TFLOPS, hbm_bytes_per_s, record, table  # noqa: E402  (bench/ is the script's folder)
 
-HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 IMAGE_SIDE, IMAGE_TOKENS, PATCHES = 504, 324, 1296
 
 
@@ -156,7 +155,7 @@ def ideal_tokens_per_s(model_dir: str, prompts: int, n: int, new_tokens: int, pr
     batch = prompts * n
     context = prompt_tokens + new_tokens / 2
     step_bytes = 2 * text_params + 2 * layers * kv_dim * 2 * batch * context  # bf16 weights + K and V
-    bw = next((b for k, b in HBM_BYTES_PER_S.items() if k in device_name()), None)
+    bw = hbm_bytes_per_s()
     if bw is None:
         return float("nan")
     seconds = flops / (PEAK_BF16_TFLOPS * 1e12) + new_tokens * step_bytes / bw

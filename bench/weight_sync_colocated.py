@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from common import device_name, record, table  # noqa: E402  (bench/ is the script's folder)
+from common import hbm_bytes_per_s, record, table  # noqa: E402  (bench/ is the script's folder)
 
-HBM_BYTES_PER_S = {"H100": 3.35e12, "H200": 4.8e12}
 
 
 def main() -> None:
@@ -62,7 +61,7 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in policy.parameters())
     bf16_bytes = n_params * 2
-    limit_s = (n_params * 4 + 3 * bf16_bytes + bf16_bytes) / HBM_BYTES_PER_S["H200" if "H200" in device_name() else "H100"]
+    limit_s = (n_params * 4 + 3 * bf16_bytes + bf16_bytes) / hbm_bytes_per_s(default="H100")
     prompt = [{"prompt_text": "<|im_start|>user\nt1 t2 t3<|im_end|>\n<|im_start|>assistant\n", "images": []}]
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=8)
 
