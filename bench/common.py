@@ -27,7 +27,7 @@ def hbm_bytes_per_s(default: str | None = None) -> float | None:
 
 
 class GpuMemoryPeak:
-    """The highest memory in use on GPU 0 (every process: policy, reference and a colocated vLLM
+    """The highest memory in use on torch's GPU 0 (every process: policy, reference and a colocated vLLM
     together), sampled from nvidia-smi every `every` seconds in a thread while the block runs."""
 
     def __init__(self, every: float = 0.2):
@@ -44,7 +44,8 @@ class GpuMemoryPeak:
     def _sample(self) -> None:
         while not self._stop.wait(self.every):
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"  # torch's GPU 0
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", gpu],
                                      capture_output=True, text=True, timeout=10).stdout
                 self.peak_gib = max(self.peak_gib, float(out.split()[0]) / 1024)
             except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):

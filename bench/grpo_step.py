@@ -136,14 +136,15 @@ def param_counts(model_dir: str) -> dict[str, int]:
         model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(model_dir))
     total = sum(p.numel() for p in model.parameters())
     vision = sum(p.numel() for p in model.model.visual.parameters())
-    embed = model.get_input_embeddings().weight.numel()
+    # A tied LM head is the embedding matrix, and it does run for every token.
+    embed = 0 if model.config.get_text_config().tie_word_embeddings else model.get_input_embeddings().weight.numel()
     return {"text": total - vision - embed, "vision": vision, "total": total}
 
 
 def phase_limits(params: dict[str, int], m: dict, args, image_tokens: int) -> dict[str, float]:
     """Each phase's least possible seconds on this machine, from its work and the GPU's limits
     (dense bf16 FLOP/s, HBM bandwidth); attention FLOPs are left out, so the limits are low and the
-    fractions measured / limit conservative.
+    reported fractions (limit / measured) conservative.
 
     generate: prompt prefill once per prompt (n samples share it) + 2 N FLOPs per response token,
       or reading the weights once per decode step for the mean response length, whichever is longer;

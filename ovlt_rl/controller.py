@@ -47,7 +47,9 @@ def run_grpo(cfg: Config) -> Path:
     from ovlt_rl.data.loader import EpochIterator
 
     a, r, d = cfg.actor, cfg.rollout, cfg.data
-    with Run(cfg) as run, RolloutsAhead() as ahead:
+    # RolloutsAhead outlives the Run: on an error the Run's workers go first, which ends a batch
+    # still generating in its thread at once.
+    with RolloutsAhead() as ahead, Run(cfg) as run:
         train, val = open_datasets(cfg, run.processor, sft=False)
         steps = total_steps(cfg, len(train), d.rollout_batch_size)
         n_minibatches = d.rollout_batch_size * r.n // a.global_batch_size
@@ -59,6 +61,10 @@ def run_grpo(cfg: Config) -> Path:
             m = validate(run, val, 0)
             run.tracker.log(0, m)
             run.tracker.write(f"step 0: val/accuracy {m['val/accuracy']:.3f}")
+        if cfg.algorithm.overlap and (cfg.rollout.top_p < 1 or cfg.rollout.top_k > 0):
+            log.warning("algorithm.overlap with rollout.top_p=%s, rollout.top_k=%s: the engine's log-probs are those of the "
+                        "truncated sampling distribution, the policy's are not, so the ratio is off by the truncated mass "
+                        "(about 1%% at top_p 0.99); docs/overlap.md", cfg.rollout.top_p, cfg.rollout.top_k)
         if start_step > 0 and cfg.algorithm.overlap:
             log.warning("resume with algorithm.overlap: step %d's rollouts are generated now, with the checkpoint's weights "
                         "(the interrupted run had sampled them one update earlier); the steps after run one step off-policy again",
@@ -91,6 +97,7 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead:
     staleness = 1 if batch is not None else 0
     if batch is None:
         batch = generate_and_score(run, train, sampler, step, timer)
+    decode_errors = train.skipped["decode_error"]  # before the next batch draws rows of its own
     if ahead is not None and step < last:  # overlap: the next batch on the weights from before this update
         ahead.start(step + 1, lambda: generate_ahead(run, train, sampler, step + 1), data_state=run.data_state())
 
@@ -101,8 +108,10 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead:
     # that the update is on-policy for the samples. With one update per rollout batch the policy
     # still has the weights that sampled, so update_policy takes the old log-probs from its own
     # forward pass (detached) instead. A vLLM engine sharing the policy's GPU sleeps from here
-    # until the weight sync (7) wakes it.
-    run.rollout.sleep()
+    # until the weight sync (7) wakes it. (Not under overlap: there the rollout workers are busy
+    # with the next batch, and a sleep call would queue behind it; overlap is refused colocated.)
+    if ahead is None:
+        run.rollout.sleep()
     like_sampling = dict(micro_batch_size=a.micro_batch_size, temperature=r.temperature)
     if ahead is not None:  # the ratio against the policy that sampled (the rollout engine's log-probs)
         attach(samples, "old_logprobs", behaviour_logprobs(batch))
@@ -139,7 +148,7 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead:
         sync["sync/logprob_mae"] = logprob_agreement(run.policy, run.rollout, batch.prompts[:2], responses, a.micro_batch_size)
 
     # 8. metrics
-    step_metrics = rollout_metrics(batch, rewards, r.n, decode_errors=train.skipped["decode_error"], step_s=timer.elapsed())
+    step_metrics = rollout_metrics(batch, rewards, r.n, decode_errors=decode_errors, step_s=timer.elapsed())
     overlap = {"rollout/staleness": float(staleness)} if ahead is not None else {}
     return {**batch.metrics, **update, **sync, **step_metrics, **overlap, **timer.metrics()}
 

@@ -15,8 +15,9 @@ Two generation paths give the same tokens under greedy decoding:
 Log-probs (at the sampling temperature, as `compute_logprobs(..., temperature=)`; 1 when greedy):
 the fast path takes them in the decode loop; the
 plain path would need the full-vocabulary logits of every step kept in memory (`output_logits`,
-B*T*V floats), so it runs one teacher-forced forward over prompt+response instead. The trainer
-always recomputes old log-probs on the policy workers anyway.
+B*T*V floats), so it runs one teacher-forced forward over prompt+response instead. GRPO asks for
+them only under `algorithm.overlap` (the behaviour policy's log-probs); on-policy, the policy
+workers compute the old log-probs themselves.
 
 A model whose vision tower uses "sdpa" is switched to ovlt's window attention
 (`ovlt_rl.models.vision_attention`) for both paths, as the policy workers do: same numbers, far

@@ -429,9 +429,12 @@ class PolicyWorker:
 
         # The training dtype as resolved on this device (model.dtype=auto depends on it), for `ovlt export`.
         dtype = {torch.bfloat16: "bf16", torch.float32: "fp32"}[resolve_dtype(self.model_cfg.dtype, self.device)]
+        offloaded = self.optimizer_offload.offloaded
         self.optimizer_offload.reload()  # the state is saved from where the update uses it
         save_state(path, self.policy, self.optimizer, self.rank, self.world,
                    {"scheduler_last_epoch": self.scheduler.last_epoch, "opt_steps": self.opt_steps, "dtype": dtype})
+        if offloaded:  # back out of the way of generation until the next update
+            self.optimizer_offload.offload()
         dist.barrier()
 
     def load_checkpoint(self, path: str) -> dict[str, int]:
@@ -441,6 +444,8 @@ class PolicyWorker:
 
         self.optimizer_offload.reload()
         state = load_state(path, self.policy, self.optimizer, self.world)
+        if self.actor.offload_optimizer:  # as after an update: in host memory until the next one
+            self.optimizer_offload.offload()
         self.opt_steps = int(state["opt_steps"])
         # Recreate the lr schedule position: LambdaLR's lr is a pure function of last_epoch.
         self.scheduler.last_epoch = int(state["scheduler_last_epoch"])

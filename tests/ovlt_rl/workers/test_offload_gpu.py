@@ -1,6 +1,7 @@
 """actor.offload_optimizer on a GPU: after an update the policy worker moves Adam's state to host
-memory (the GPU memory it held is freed), the next update brings it back to the GPU, and the
-weights follow exactly the trajectory of a worker that never moved it."""
+memory (the GPU memory it held is freed), the next update brings it back to the GPU, a checkpoint
+leaves it in host memory, and the weights follow exactly the trajectory of a worker that never
+moved it."""
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ def _devices(w):
 
 
 @pytest.mark.gpu(n=1)
-def test_offloaded_adam_state_frees_gpu_memory_and_updates_as_without():
+def test_offloaded_adam_state_frees_gpu_memory_and_updates_as_without(tmp_path):
     path = resolve_model_path("tiny")
     samples = _samples(load_processor(path), n=4)
     runs = {}
@@ -33,6 +34,9 @@ def test_offloaded_adam_state_frees_gpu_memory_and_updates_as_without():
                 torch.cuda.synchronize()
                 assert moved > 0 and _devices(w) == {"cpu"}
                 assert before - torch.cuda.memory_allocated() >= 0.9 * moved  # the GPU copies are gone
+        if offload:  # a checkpoint saves the state from the GPU and leaves it offloaded
+            w.save_checkpoint(str(tmp_path / "ck"))
+            assert _devices(w) == {"cpu"}
         runs[offload] = {k: v.float().cpu() for k, v in w.full_state_dict().items()}
         w.shutdown()
     assert runs[True].keys() == runs[False].keys()
