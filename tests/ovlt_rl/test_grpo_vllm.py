@@ -44,6 +44,18 @@ def test_tiny_grpo_with_vllm_rollouts(tmp_path):
         assert m["sync/logprob_mae"] < bound, m
 
 
+def test_tiny_grpo_with_vllm_overlapped_takes_the_ratio_against_vllms_logprobs(tmp_path):
+    """algorithm.overlap: the update's old log-probs are vLLM's sampled ones (processed_logprobs, at
+    the recipe's temperature 0.5). On step 1 vLLM sampled with the policy's own weights, so the
+    ratio is 1 up to float rounding; log-probs at another temperature would be far off."""
+    log, steps = _run_tiny_grpo(tmp_path, "rollout.cpu_kv_cache_gib=0.5", "algorithm.overlap=true")
+    assert [m["rollout/staleness"] for m in steps] == [0.0, 1.0, 1.0]
+    bound = 1e-2 if torch.cuda.is_available() else 1e-3
+    assert abs(steps[0]["actor/approx_kl"]) < bound and abs(steps[0]["actor/ratio_mean"] - 1) < bound, steps[0]
+    for m in steps:
+        assert m["sync/logprob_mae"] < bound, m
+
+
 @pytest.mark.gpu(n=1)
 def test_tiny_grpo_colocated_with_vllm_on_one_gpu(tmp_path):
     """Policy and vLLM share one GPU: vLLM sleeps (level 1) during the policy's phases and takes
