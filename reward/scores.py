@@ -98,6 +98,22 @@ class BatchScores:
     output_bytes: int = 0
     output_dropped_bytes: int = 0
 
+    @classmethod
+    def concat(cls, batches: list[BatchScores]) -> BatchScores:
+        """The scores of several batches as one, in order (a part missing from a batch is None there)."""
+        names = sorted({name for b in batches for name in b.parts})
+        return cls(
+            scores=[s for b in batches for s in b.scores],
+            reasons=[r for b in batches for r in b.reasons],
+            parts={name: [v for b in batches for v in b.parts.get(name, [None] * len(b.scores))] for name in names},
+            none_reasons=sum((b.none_reasons for b in batches), Counter()),
+            details=[d for b in batches for d in b.details],
+            non_numeric_parts=sum((b.non_numeric_parts for b in batches), Counter()),
+            batch_fallbacks=sum(b.batch_fallbacks for b in batches),
+            output_bytes=sum(b.output_bytes for b in batches),
+            output_dropped_bytes=sum(b.output_dropped_bytes for b in batches),
+        )
+
     @property
     def unscorable_fraction(self) -> float:
         return sum(self.none_reasons.values()) / len(self.scores) if self.scores else 0.0

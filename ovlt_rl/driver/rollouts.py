@@ -32,8 +32,8 @@ class Rollouts:
     indices: list[int] = field(default_factory=list)
     """The dataset rows drawn, in every round (a resume checks that it draws the same)."""
     metrics: dict[str, Any] = field(default_factory=dict)
-    """The reward's metrics (of the last round where rounds repeat them) and, under dynamic
-    sampling, `dynamic_sampling/kept_groups` (summed over rounds)."""
+    """The reward's metrics over every response generated for the step (all rounds, kept or not)
+    and, under dynamic sampling, `dynamic_sampling/kept_groups` (summed over rounds)."""
     none_reasons: dict[str, int] = field(default_factory=dict)
     """Unscorable responses by reason, summed over rounds."""
 
@@ -68,29 +68,37 @@ def collect_groups(
     dropped groups fill the rest in order (each group is trained once), so every step has the
     configured size and the policy ranks stay balanced.
     """
+    from reward.scores import BatchScores
+
     out = Rollouts()
+    rounds: list[BatchScores] = []
+
+    def done() -> Rollouts:
+        every = BatchScores.concat(rounds)
+        out.metrics.update(every.metrics())
+        out.none_reasons = dict(every.none_reasons)
+        return out
+
     for round_ in range(max_rounds if dynamic_sampling else 1):
         prompts, rows = draw()
         out.indices += rows
         groups = generate(prompts, round_)
         scored = score(prompts, groups)
-        out.metrics.update(scored.metrics())
-        for reason, count in scored.none_reasons.items():
-            out.none_reasons[reason] = out.none_reasons.get(reason, 0) + count
+        rounds.append(scored)
         batch = [(p, g, scored.scores[i * n : (i + 1) * n]) for i, (p, g) in enumerate(zip(prompts, groups))]
         if not dynamic_sampling:
             out.add(batch, up_to=len(batch))
-            return out
+            return done()
         keep = groups_with_signal(scored.scores, n)
         out.metrics["dynamic_sampling/kept_groups"] = out.metrics.get("dynamic_sampling/kept_groups", 0) + sum(keep)
         out.add([entry for entry, kept in zip(batch, keep) if kept], up_to=want)
         if len(out.prompts) >= want:
-            return out
+            return done()
     # The last round's dropped groups (advantage 0) fill the rest; its kept ones are in already.
     out.add([entry for entry, kept in zip(batch, keep) if not kept], up_to=want)
     if len(out.prompts) < want:
         raise RuntimeError(f"dynamic sampling: {len(out.prompts)} groups for a step of {want} (a round drew fewer prompts than a step needs)")
-    return out
+    return done()
 
 
 def groups_with_signal(scores: list[float | None], n: int) -> list[bool]:

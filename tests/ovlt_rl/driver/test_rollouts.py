@@ -91,7 +91,7 @@ def test_the_fill_never_repeats_a_group_kept_in_the_last_round():
     assert batch.scores == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
-def test_unscorable_counts_sum_over_rounds_and_the_reward_metrics_are_the_last_rounds():
+def test_unscorable_counts_and_the_reward_metrics_cover_every_round():
     source = Source(
         [(0, [None, 1.0]), (1, [0.0, 0.0])],
         [(2, [None, None]), (3, [0.0, 1.0])],
@@ -99,8 +99,9 @@ def test_unscorable_counts_sum_over_rounds_and_the_reward_metrics_are_the_last_r
     batch = collect(source, want=2, max_rounds=2)
     assert ids(batch) == [3, 2]  # 3 has signal; 2 (no scorable pair) only fills
     assert batch.none_reasons == {"exception": 3}
-    assert batch.metrics["reward/none/exception"] == 2.0  # the last round's own count
-    assert batch.metrics["reward/mean"] == 0.5
+    # every response generated for the step, both rounds, kept or not
+    assert batch.metrics["reward/none/exception"] == 3.0 and batch.metrics["reward/count"] == 8.0
+    assert batch.metrics["reward/mean"] == 2 / 5  # scorable: 1, 0, 0 then 0, 1
 
 
 @pytest.mark.parametrize("scores, keep", [
