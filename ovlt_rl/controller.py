@@ -108,16 +108,17 @@ def grpo_step(run: Run, train, sampler, step: int, n_minibatches: int, *, ahead:
     # that the update is on-policy for the samples. With one update per rollout batch the policy
     # still has the weights that sampled, so update_policy takes the old log-probs from its own
     # forward pass (detached) instead. A vLLM engine sharing the policy's GPU sleeps from here
-    # until the weight sync (7) wakes it. (Not under overlap: there the rollout workers are busy
-    # with the next batch, and a sleep call would queue behind it; overlap is refused colocated.)
-    if ahead is None:
-        run.rollout.sleep()
+    # until the weight sync (7) wakes it. Under overlap the old log-probs are the rollout engine's
+    # (the policy that sampled), and nothing sleeps: the rollout workers are busy with the next
+    # batch, a sleep call would queue behind it, and overlap is refused colocated anyway.
     like_sampling = dict(micro_batch_size=a.micro_batch_size, temperature=r.temperature)
-    if ahead is not None:  # the ratio against the policy that sampled (the rollout engine's log-probs)
+    if ahead is not None:
         attach(samples, "old_logprobs", behaviour_logprobs(batch))
-    elif a.ppo_epochs * n_minibatches > 1:
-        with timer.phase("old_logprob"):
-            attach(samples, "old_logprobs", run.policy.compute_logprobs(samples, which="policy", **like_sampling))
+    else:
+        run.rollout.sleep()
+        if a.ppo_epochs * n_minibatches > 1:
+            with timer.phase("old_logprob"):
+                attach(samples, "old_logprobs", run.policy.compute_logprobs(samples, which="policy", **like_sampling))
     if a.use_kl_loss:
         with timer.phase("ref_logprob"):
             attach(samples, "ref_logprobs", run.policy.compute_logprobs(samples, which="ref", **like_sampling))

@@ -1,5 +1,6 @@
 """Suite-wide: GPU tests skip (with the reason) where no NVIDIA GPU is visible; `vllm` tests skip
-only where vLLM is not importable at all (a vLLM that imports but is unusable fails them)."""
+only where vLLM is not importable at all (a vLLM that imports but is unusable fails them).
+`ray_down_after`: a module that starts Ray in the test process shuts it down at its end."""
 
 import importlib.util
 
@@ -28,3 +29,12 @@ def pytest_collection_modifyitems(config, items):
         need = int(marker.kwargs.get("n", 1))
         if n < need:
             item.add_marker(pytest.mark.skip(reason=f"needs {need} NVIDIA GPU(s), found {n}"))
+
+
+@pytest.fixture(scope="module")
+def ray_down_after():
+    """Shut down the Ray that the module's runs started in this process (after its last test)."""
+    yield
+    import ray
+
+    ray.shutdown()

@@ -16,12 +16,7 @@ from ovlt_rl.config_change import ConfigChangeRefused
 from ovlt_rl.controller import run_sft
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ray_down_after():
-    yield
-    import ray
-
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_down_after")
 
 
 def _cfg(out, data, *args):

@@ -17,15 +17,7 @@ from ovlt_rl.controller import run_sft
 from ovlt.config import load_config
 from ovlt_rl.data.schema import write_rows
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_down_after():
-    yield
-    import ray
-
-    ray.shutdown()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_down_after")]
 
 
 def _sft(out, data, ranks, dtype, steps):

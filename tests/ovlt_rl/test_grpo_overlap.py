@@ -14,12 +14,7 @@ from ovlt_rl.controller import run_grpo
 from ovlt_rl.data.loader import EpochIterator
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _ray_down_after():
-    yield
-    import ray
-
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_down_after")
 
 
 def _cfg(out, data, *args):
