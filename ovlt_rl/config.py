@@ -243,6 +243,11 @@ class ActorConfig:
     next step's first update, so generation and the log-prob passes get that memory (2x the
     trainable parameters in fp32; for a policy sharing its GPU with a colocated vLLM). Costs two
     host copies of the state per step."""
+    compile: bool = False
+    """torch.compile (inductor) each decoder layer of the policy and the reference: fuses the norms,
+    rotary embedding, SiLU and residual adds around the matmuls (attention runs eagerly between
+    compiled parts). The same numbers to rounding; the first step pays the compile (once per
+    shape class). Needs a C++ compiler on CPU and Triton on GPUs."""
     max_nonfinite_in_a_row: int = 3
     """Stop after this many consecutive updates with a non-finite loss or grad norm (each is skipped)."""
     padding_free: bool = True

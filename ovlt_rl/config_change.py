@@ -51,6 +51,7 @@ HARMLESS_ON_RESUME: tuple[str, ...] = (
     "actor.logprob_max_tokens_per_micro_batch",
     "actor.reshard_after_forward",
     "actor.offload_optimizer",
+    "actor.compile",
     "model.gradient_checkpointing",
     "rollout.micro_batch_size",
     "rollout.hf_fast_decode",

@@ -190,3 +190,16 @@ def enable_gradient_checkpointing(model) -> None:
         enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each text decoder layer of a Qwen2.5-VL (or text-only Qwen2) model in place;
+    returns how many. In place (`nn.Module.compile`), so parameter names, FSDP units and state
+    dicts stay as they are. Every layer has the same code and shapes, so dynamo compiles one graph
+    for all of them (per shape class and grad mode). The attention call is a graph break (the
+    packed kernel reads sample bounds on the host), so each layer runs as compiled parts around it."""
+    backbone = model.model
+    layers = backbone.language_model.layers if hasattr(backbone, "language_model") else backbone.layers
+    for layer in layers:
+        layer.compile()
+    return len(layers)

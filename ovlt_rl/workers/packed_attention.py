@@ -52,6 +52,9 @@ def kernel_for(device_type: str, dtype: torch.dtype) -> str:
     return "torch varlen flash attention" if varlen_usable(device_type, dtype, causal=True) else "SDPA per sample"
 
 
+# Eager under torch.compile (actor.compile): the sample bounds are read on the host and cached by
+# tensor identity (`segments`), which dynamo would trace through (one host sync per layer).
+@torch.compiler.disable
 def packed_attention(module, query, key, value, attention_mask, position_ids=None, dropout=0.0, scaling=None, **kwargs):
     """transformers attention interface: (module, q, k, v, mask, ...) -> ([B, T, H, D], None)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

@@ -117,7 +117,7 @@ class PolicyWorker:
 
     def setup(self, total_opt_steps: int) -> dict[str, Any]:
         """Load the model (and reference copy), shard, and build the optimizer and lr schedule."""
-        from ovlt_rl.models.loading import enable_gradient_checkpointing, load_model
+        from ovlt_rl.models.loading import compile_decoder_layers, enable_gradient_checkpointing, load_model
 
         m, a = self.model_cfg, self.actor
         torch.manual_seed(self.seed)
@@ -134,6 +134,8 @@ class PolicyWorker:
         model.config.use_cache = False
         self.hf_config = model.config
         self._prepare_attention(model, compute_dtype)
+        if a.compile:
+            compile_decoder_layers(model)
         # mRoPE positions of a sample alone (for packed rows): a pure function of the config.
         self._positions = functools.partial(mrope_positions, model.model)
         from ovlt_rl.workers.mesh import policy_mesh
@@ -153,6 +155,8 @@ class PolicyWorker:
             for p in ref.parameters():
                 p.data = p.data.to(compute_dtype)
             self._prepare_attention(ref, compute_dtype)
+            if a.compile:
+                compile_decoder_layers(ref)
             self.ref = shard_model(ref, mp_dtype=mp, mesh=self.mesh)
             self.ref.eval()
 

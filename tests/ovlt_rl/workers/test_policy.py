@@ -233,3 +233,34 @@ def test_bf16_reference_keeps_bf16_parameters_and_gives_the_policys_logprobs(mod
     for r, p, s in zip(ref, pol, samples):
         mask = s["loss_mask"].bool()
         assert torch.equal(r[mask], p[mask]) and r[mask].abs().sum() > 0
+
+
+def test_compiled_decoder_layers_give_the_eager_update(model_path):
+    """actor.compile: the policy's and the reference's decoder layers run through torch.compile
+    (inductor; dynamo captures graphs) and the KL-regularised update comes out as the eager one's,
+    to float rounding."""
+    from torch._dynamo.utils import counters
+
+    processor = load_processor(model_path)
+    samples = _samples(processor, n=4)
+    denom = float(sum(int(s["loss_mask"][1:].sum()) for s in samples))
+    results = {}
+    for compiled in (False, True):
+        counters.clear()
+        w = _worker(model_path, **{"actor.compile": str(compiled).lower(), "actor.use_kl_loss": "true",
+                                   "actor.micro_batch_size": "4"})
+        layers = [*w.policy.model.model.language_model.layers, *w.ref.model.model.language_model.layers]
+        assert all((layer._compiled_call_impl is not None) == compiled for layer in layers)
+        ref = w.compute_logprobs(samples, which="ref", micro_batch_size=4, temperature=1.0)
+        for s, lp in zip(samples, ref):
+            s["ref_logprobs"] = lp
+        m = w.update_policy(samples, denominator=denom, temperature=1.0)
+        results[compiled] = (_params(w), m["actor/grad_norm"], ref)
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled
+        w.shutdown()
+    (pe, ge, re), (pc, gc, rc) = results[False], results[True]
+    assert gc == pytest.approx(ge, rel=1e-4)
+    for a, b in zip(re, rc):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for k in pe:
+        torch.testing.assert_close(pc[k], pe[k], rtol=1e-4, atol=1e-5)
