@@ -63,5 +63,4 @@ def rollout_metrics(batch: Rollouts, rewards: torch.Tensor, n: int, *, decode_er
         "response_length/clip_ratio": sum(g.finish_reason == "length" for grp in batch.groups for g in grp) / len(lengths),
         "throughput/tokens_per_s": tokens / step_s,
         "timing/step_s": step_s,
-        **{f"reward/none_{k}": float(v) for k, v in batch.none_reasons.items()},
     }

@@ -32,10 +32,9 @@ class Rollouts:
     indices: list[int] = field(default_factory=list)
     """The dataset rows drawn, in every round (a resume checks that it draws the same)."""
     metrics: dict[str, Any] = field(default_factory=dict)
-    """The reward's metrics over every response generated for the step (all rounds, kept or not)
-    and, under dynamic sampling, `dynamic_sampling/kept_groups` (summed over rounds)."""
-    none_reasons: dict[str, int] = field(default_factory=dict)
-    """Unscorable responses by reason, summed over rounds."""
+    """The reward's metrics over every response generated for the step (all rounds, kept or not;
+    unscorable ones by reason as `reward/none/<reason>`) and, under dynamic sampling,
+    `dynamic_sampling/kept_groups` (summed over rounds)."""
 
     def add(self, entries: list[tuple[dict[str, Any], list[Generation], list[float | None]]], up_to: int) -> None:
         """Append (prompt, group, its scores) entries in order while there are fewer than `up_to` groups."""
@@ -76,7 +75,6 @@ def collect_groups(
     def done() -> Rollouts:
         every = BatchScores.concat(rounds)
         out.metrics.update(every.metrics())
-        out.none_reasons = dict(every.none_reasons)
         return out
 
     for round_ in range(max_rounds if dynamic_sampling else 1):

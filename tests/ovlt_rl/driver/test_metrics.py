@@ -52,7 +52,7 @@ def test_rollout_metrics():
     gen = lambda k, reason: Generation(token_ids=list(range(k)), text="", finish_reason=reason)  # noqa: E731
     batch = Rollouts(prompts=[{"input_ids": [0] * 5}, {"input_ids": [0] * 3}],
                      groups=[[gen(2, "stop"), gen(4, "length")], [gen(6, "length"), gen(4, "stop")]],
-                     scores=[1.0, None, 0.0, 1.0], indices=[7, 3], none_reasons={"timeout": 1})
+                     scores=[1.0, None, 0.0, 1.0], indices=[7, 3])
     m = rollout_metrics(batch, torch.tensor([1.0, float("nan"), 0.0, 1.0]), 2, decode_errors=1, step_s=2.0)
     assert m == {
         "reward/mean": pytest.approx(2 / 3),  # over the scorable responses
@@ -62,5 +62,4 @@ def test_rollout_metrics():
         "response_length/clip_ratio": 0.5,
         "throughput/tokens_per_s": (16 + (5 + 3) * 2) / 2.0,  # responses and each response's prompt
         "timing/step_s": 2.0,
-        "reward/none_timeout": 1.0,
     }
