@@ -235,10 +235,11 @@ def test_bf16_reference_keeps_bf16_parameters_and_gives_the_policys_logprobs(mod
         assert torch.equal(r[mask], p[mask]) and r[mask].abs().sum() > 0
 
 
-def test_compiled_decoder_layers_give_the_eager_update(model_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu(n=1))])
+def test_compiled_decoder_layers_give_the_eager_update(model_path, device):
     """actor.compile: the policy's and the reference's decoder layers run through torch.compile
-    (inductor; dynamo captures graphs) and the KL-regularised update comes out as the eager one's,
-    to float rounding."""
+    (inductor: C++ on CPU, Triton on a GPU; dynamo captures graphs) and the KL-regularised update
+    comes out as the eager one's, to float rounding (fp32, so that rounding stays small)."""
     from torch._dynamo.utils import counters
 
     processor = load_processor(model_path)
@@ -248,7 +249,7 @@ def test_compiled_decoder_layers_give_the_eager_update(model_path):
     for compiled in (False, True):
         counters.clear()
         w = _worker(model_path, **{"actor.compile": str(compiled).lower(), "actor.use_kl_loss": "true",
-                                   "actor.micro_batch_size": "4"})
+                                   "actor.micro_batch_size": "4", "trainer.device": device, "model.dtype": "fp32"})
         layers = [*w.policy.model.model.language_model.layers, *w.ref.model.model.language_model.layers]
         assert all((layer._compiled_call_impl is not None) == compiled for layer in layers)
         ref = w.compute_logprobs(samples, which="ref", micro_batch_size=4, temperature=1.0)
@@ -261,6 +262,6 @@ def test_compiled_decoder_layers_give_the_eager_update(model_path):
     (pe, ge, re), (pc, gc, rc) = results[False], results[True]
     assert gc == pytest.approx(ge, rel=1e-4)
     for a, b in zip(re, rc):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.cpu(), a.cpu(), rtol=1e-5, atol=1e-5)
     for k in pe:
-        torch.testing.assert_close(pc[k], pe[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pc[k].cpu(), pe[k].cpu(), rtol=1e-4, atol=1e-5)
