@@ -55,6 +55,17 @@ def small_config():
     return cfg
 
 
+def qwen25vl_3b_config():
+    """Qwen2.5-VL-3B-Instruct's published text shapes on the same vision tower (random weights)."""
+    cfg = qwen25vl_7b_config()
+    t, v = cfg.text_config, cfg.vision_config
+    t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads = 2048, 11008, 36, 16, 2
+    t.vocab_size, v.out_hidden_size = 151936, 2048
+    t.tie_word_embeddings = cfg.tie_word_embeddings = True
+    t.layer_types = [t.layer_types[0]] * t.num_hidden_layers
+    return cfg
+
+
 def build_model_dir(model: str, path: str) -> str:
     """Save a random model once (bf16 safetensors), so that workers load it like a checkpoint."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -65,7 +76,7 @@ def build_model_dir(model: str, path: str) -> str:
         return resolve_model_path("tiny")
     if os.path.exists(os.path.join(path, "config.json")):
         return path
-    config = qwen25vl_7b_config() if model == "7b" else small_config()
+    config = {"7b": qwen25vl_7b_config, "3b": qwen25vl_3b_config, "small": small_config}[model]()
     with torch.device("cuda", 0):
         m = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     m.generation_config.pad_token_id = 151643
@@ -171,7 +182,7 @@ def _rank(rank, world, port, args, model_dir, q):
         "data.train_files=[x]", f"actor.num_workers={world}", "actor.use_kl_loss=false",
         f"actor.micro_batch_size={args.micro}", f"actor.global_batch_size={n_total}", "rollout.n=1",
         f"data.rollout_batch_size={n_total}", "actor.lr=1e-6", "actor.reshard_after_forward=false",
-        "actor.padding_free=true", f"actor.max_tokens_per_micro_batch={args.max_tokens}",
+        "actor.padding_free=true", f"actor.max_tokens_per_micro_batch={args.max_tokens}", *args.extra,
     ])
     w = PolicyWorker(model_dir, rank, world, "127.0.0.1", port, **worker_settings(cfg))
     w.setup(total_opt_steps=100)
@@ -316,8 +327,10 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=4, help="samples per padded micro-batch (padded row and baseline)")
     ap.add_argument("--max-tokens", type=int, default=32768, help="token budget per packed micro-batch (ours)")
     ap.add_argument("--steps", type=int, default=2)
-    ap.add_argument("--model", choices=["7b", "small", "tiny"], default="7b")
+    ap.add_argument("--model", choices=["7b", "3b", "small", "tiny"], default="7b")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides of our workers' config "
+                    "(e.g. actor.compile=true; the baseline is unchanged)")
     ap.add_argument("--no-record", action="store_true", help="print only (smoke runs)")
     ap.add_argument("--profile", default="", help="folder: rank 0 profiles one more packed update with torch.profiler "
                     "and writes the top kernels (by device time) there as profile.txt")
@@ -383,16 +396,17 @@ def report(world: int, res: dict, args, n_params: int, mfu, baseline: dict) -> l
                        "prompt_tokens": args.shapes["prompt_tokens"], "image_grid": args.shapes["image_grid"],
                        "response_tokens": "uniform %d-%d" % args.shapes["response_tokens"], "gradient_checkpointing": True,
                        "reshard_after_forward": False, "dtype": "bf16 compute, fp32 master", "padding_free": True,
-                       "packed_attention": res["attention"]},
+                       "packed_attention": res["attention"], "overrides": args.extra},
                figures={**figures["packed"], "tokens_per_update": res["tokens"],
                         "packed_vs_padded_logprob_max_abs_diff": res["logprob_max_abs_diff"],
                         "padded": figures["padded"], "padding_fraction_padded_rank0": res["padding_fraction_rank0"]},
                baseline=baseline)
+    extra = "".join(f", {kv}" for kv in args.extra)
     return [
-        {"run": f"ovlt: packed, <= {args.max_tokens} tokens/micro-batch", "gpus": world,
+        {"run": f"ovlt: packed, <= {args.max_tokens} tokens/micro-batch{extra}", "gpus": world,
          "tokens/s/GPU": figures["packed"]["tokens_per_s_per_gpu"], "MFU": figures["packed"]["mfu"],
          "peak GiB": figures["packed"]["peak_gib"], "micro/rank": res["packed_micro_batches"]},
-        {"run": f"ovlt: padded, micro {args.micro}", "gpus": world,
+        {"run": f"ovlt: padded, micro {args.micro}{extra}", "gpus": world,
          "tokens/s/GPU": figures["padded"]["tokens_per_s_per_gpu"], "MFU": figures["padded"]["mfu"],
          "peak GiB": figures["padded"]["peak_gib"], "micro/rank": res["padded_micro_batches"]},
     ]
